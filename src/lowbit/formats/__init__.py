@@ -1,10 +1,58 @@
 """Numeric formats: frozen `QFormat` values, float casting, block and codebook formats.
 
+Submodules: ``qformat`` (QFormat values), ``floats`` (minifloat casting: also
+``encode``/``decode``), ``block`` (MX / MSFP shared exponents), ``pow2``
+(fixed point, power-of-two scales), ``codebook`` (log2, k-means, binary, ternary).
+
 Never touches a model. See DESIGN.md, "Layers".
 """
 
 from __future__ import annotations
 
+from lowbit.formats.block import (
+    BLOCK_FORMATS,
+    FLEX16_5,
+    MSFP12,
+    MSFP13,
+    MSFP14,
+    MSFP15,
+    MSFP16,
+    MXFP4,
+    MXFP6_E2M3,
+    MXFP6_E3M2,
+    MXFP8_E4M3,
+    MXFP8_E5M2,
+    MXINT8,
+    BlockFormat,
+    BlockQuantized,
+    block_dequantize,
+    block_fake_quantize,
+    block_quantize,
+)
+from lowbit.formats.codebook import (
+    Codebook,
+    binarize,
+    dequantize_codebook,
+    kmeans_codebook,
+    log2_codebook,
+    quantize_to_codebook,
+    ternarize,
+)
+from lowbit.formats.floats import (
+    CastStats,
+    cast_stats,
+    check_float_format,
+    representable_values,
+    round_to_format,
+)
+from lowbit.formats.pow2 import (
+    FixedPoint,
+    choose_fraction_length,
+    fixed_point_dequantize,
+    fixed_point_quantize,
+    pow2_exponent,
+    pow2_scale,
+)
 from lowbit.formats.qformat import (
     BF16,
     BINARY,
@@ -36,6 +84,8 @@ from lowbit.formats.qformat import (
 __all__ = [
     "BF16",
     "BINARY",
+    "BLOCK_FORMATS",
+    "FLEX16_5",
     "FP4_E2M1",
     "FP6_E2M3",
     "FP6_E3M2",
@@ -48,6 +98,17 @@ __all__ = [
     "INT4",
     "INT8",
     "INT16",
+    "MSFP12",
+    "MSFP13",
+    "MSFP14",
+    "MSFP15",
+    "MSFP16",
+    "MXFP4",
+    "MXFP6_E2M3",
+    "MXFP6_E3M2",
+    "MXFP8_E4M3",
+    "MXFP8_E5M2",
+    "MXINT8",
     "NAMED",
     "ONNX_TYPES",
     "TERNARY",
@@ -55,8 +116,31 @@ __all__ = [
     "UINT4",
     "UINT8",
     "UINT16",
+    "BlockFormat",
+    "BlockQuantized",
+    "CastStats",
+    "Codebook",
+    "FixedPoint",
     "QFormat",
+    "binarize",
+    "block_dequantize",
+    "block_fake_quantize",
+    "block_quantize",
+    "cast_stats",
+    "check_float_format",
+    "choose_fraction_length",
+    "dequantize_codebook",
+    "fixed_point_dequantize",
+    "fixed_point_quantize",
     "float_format",
     "get_format",
     "int_format",
+    "kmeans_codebook",
+    "log2_codebook",
+    "pow2_exponent",
+    "pow2_scale",
+    "quantize_to_codebook",
+    "representable_values",
+    "round_to_format",
+    "ternarize",
 ]

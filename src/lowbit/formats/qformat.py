@@ -107,14 +107,25 @@ class QFormat:
 
     @property
     def levels(self) -> int:
-        """Number of distinct representable codes (finite values for floats)."""
+        """Number of codes that stand for a value.
+
+        For floats these are the codes of finite values: NaN and Inf patterns are
+        not counted, +0 and -0 are two codes.
+        """
         if self.kind == "binary":
             return 2
         if self.kind == "ternary":
             return 3
         if self.kind == "int":
             return int(self.qmax - self.qmin + 1)
-        return 1 << self.bits
+        codes = 1 << self.bits
+        if self.special == "ieee":
+            return codes - 2 * (1 << self.mantissa_bits)  # all-ones exponent: Inf and NaNs
+        if self.special == "fn":
+            return codes - 2  # S.1111.111
+        if self.special == "fnuz":
+            return codes - 1  # the negative-zero pattern
+        return codes
 
     @property
     def is_integer(self) -> bool:
@@ -177,7 +188,8 @@ class QFormat:
                 "fp8_e4m3fnuz": torch.float8_e4m3fnuz,
                 "fp8_e5m2fnuz": torch.float8_e5m2fnuz,
             }
-            return native.get(self.name, torch.uint8)
+            # non-native layouts hold their bit pattern right-aligned in an integer container
+            return native.get(self.name, torch.uint8 if self.bits <= 8 else torch.int16)
         if self.kind in ("binary", "ternary"):
             return torch.int8
         if self.signed:
@@ -231,11 +243,24 @@ def int_format(bits: int, signed: bool = True, narrow_range: bool = False) -> QF
 def float_format(
     name: str, exponent_bits: int, mantissa_bits: int, special: Special, bias: int | None = None
 ) -> QFormat:
-    """A signed minifloat with the given layout (bias defaults to 2**(e-1) - 1)."""
-    if exponent_bits < 1 or mantissa_bits < 0 or exponent_bits + mantissa_bits > 15:
+    """A signed minifloat with the given layout (bias defaults to 2**(e-1) - 1).
+
+    Example:
+        >>> float_format("fp8_e3m4", 3, 4, "fn").max_finite
+        30.0
+    """
+    if not 1 <= exponent_bits <= 8 or mantissa_bits < 0 or exponent_bits + mantissa_bits > 15:
         raise FormatError(
             f"float layout e{exponent_bits}m{mantissa_bits} is not supported; "
             "use 1..8 exponent bits and at most 15 bits in all"
+        )
+    if special not in ("ieee", "fn", "fnuz", "none"):
+        raise FormatError(
+            f"unknown special-value rule {special!r}; use 'ieee', 'fn', 'fnuz' or 'none'"
+        )
+    if special in ("ieee", "fn") and mantissa_bits < 1:
+        raise FormatError(
+            f"special={special!r} encodes NaN in the mantissa; use at least one mantissa bit"
         )
     if bias is None:
         bias = (1 << (exponent_bits - 1)) - 1
@@ -318,4 +343,6 @@ def get_format(name: str | QFormat) -> QFormat:
     if match:
         return int_format(int(match[2]), signed=not match[1], narrow_range=bool(match[3]))
     known = ", ".join(sorted(NAMED))
-    raise FormatError(f"unknown format {name!r}; use one of {known}, or intN / uintN for N in 2..16")
+    raise FormatError(
+        f"unknown format {name!r}; use one of {known}, or intN / uintN for N in 2..16"
+    )
