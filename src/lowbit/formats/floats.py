@@ -223,8 +223,12 @@ def encode(x: Tensor, fmt: QFormat, *, saturate: bool = True) -> Tensor:
         [2, 15, 7]
     """
     r = round_to_format(x, fmt, saturate=saturate)
-    code = _bits_of(r, fmt)
     dtype = fmt.storage_dtype
+    if dtype.is_floating_point and fmt.bits <= 8 and not bool(torch.isnan(r).any()):
+        # r is exactly representable, so torch's own cast is exact and much faster
+        # (NaN payloads differ between implementations, so NaN takes the slow path).
+        return r.to(dtype)
+    code = _bits_of(r, fmt)
     if fmt.bits <= 8:
         stored = code.to(torch.uint8)
         return stored if dtype == torch.uint8 else stored.view(dtype)
