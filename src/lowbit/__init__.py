@@ -1,20 +1,39 @@
 """lowbit: turn a trained FP32 PyTorch model into a low-bit one and prove it still works.
 
+    import lowbit
+    qmodel = lowbit.quantize(model, "x86", calibrate=[x for x, _ in loader])
+
 Layers (each imports only from those above it): ``formats`` → ``primitives`` →
-``observers``. See ``shared/DESIGN.md`` for the whole picture.
+``observers`` → ``recipes`` → ``nn`` → ``flows`` → ``report``. See
+``shared/DESIGN.md`` for the whole picture.
 """
 
 from __future__ import annotations
 
-from lowbit import formats, observers, primitives
+from lowbit import flows, formats, nn, observers, primitives, recipes
 from lowbit.errors import LowbitError
+from lowbit.flows import calibrate, convert, fuse, prepare, quantize
+from lowbit.recipes import QuantSpec, Recipe, Rule, list_presets, preset
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LowbitError",
+    "QuantSpec",
+    "Recipe",
+    "Rule",
     "__version__",
+    "calibrate",
+    "convert",
+    "flows",
     "formats",
+    "fuse",
+    "list_presets",
+    "nn",
     "observers",
+    "prepare",
+    "preset",
     "primitives",
+    "quantize",
+    "recipes",
 ]

@@ -1,0 +1,69 @@
+"""Quantized stand-ins for operations that are not modules: matmul, add, cat.
+
+The flows layer swaps them into a traced graph (torch.fx) in place of
+``torch.matmul`` / ``operator.add`` / ``torch.cat`` calls, so that attention's
+activation × activation products and residual joins are quantized as the
+deployment runtime quantizes them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lowbit.nn.quantizer import Quantizer
+from lowbit.recipes.spec import QuantSpec
+
+
+class QuantMatmul(nn.Module):
+    """``a @ b`` with both operands quantized (activation × activation)."""
+
+    def __init__(self, spec: QuantSpec, name: str = "") -> None:
+        super().__init__()
+        self.layer_name = name
+        self.a_quantizer = Quantizer(spec, f"{name}:a")
+        self.b_quantizer = Quantizer(spec, f"{name}:b")
+
+    def quantizers(self) -> dict[str, Quantizer]:
+        return {"a": self.a_quantizer, "b": self.b_quantizer}
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.matmul(self.a_quantizer(a), self.b_quantizer(b))
+
+
+class QuantAdd(nn.Module):
+    """``a + b`` whose result is quantized (a residual join in a QDQ graph)."""
+
+    def __init__(self, spec: QuantSpec, name: str = "") -> None:
+        super().__init__()
+        self.layer_name = name
+        self.output_quantizer = Quantizer(spec, f"{name}:output")
+
+    def quantizers(self) -> dict[str, Quantizer]:
+        return {"output": self.output_quantizer}
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.output_quantizer(a + b)
+
+
+class QuantCat(nn.Module):
+    """``torch.cat`` whose inputs share one scale and zero point.
+
+    Runtimes concatenate quantized tensors without requantizing only when all
+    inputs share the output's parameters, so one quantizer serves them all.
+    """
+
+    def __init__(self, spec: QuantSpec, name: str = "") -> None:
+        super().__init__()
+        self.layer_name = name
+        self.shared_quantizer = Quantizer(spec, f"{name}:shared")
+
+    def quantizers(self) -> dict[str, Quantizer]:
+        return {"shared": self.shared_quantizer}
+
+    def forward(self, tensors: list[Tensor], dim: int = 0) -> Tensor:
+        if self.shared_quantizer.mode == "observe":
+            for t in tensors:
+                self.shared_quantizer(t)
+            return torch.cat(tensors, dim)
+        return torch.cat([self.shared_quantizer(t) for t in tensors], dim)
