@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.flow_models import ResidualCNN, Untraceable, batches, randomize_bn
 from torch import nn
 
+from helpers.flow_models import ResidualCNN, Untraceable, batches, randomize_bn
 from lowbit.flows import fuse
 
 

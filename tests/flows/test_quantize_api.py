@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-from helpers.flow_models import ResidualCNN, Untraceable, batches, randomize_bn, sqnr
 from torch import nn
 
 import lowbit
+from helpers.flow_models import ResidualCNN, Untraceable, batches, randomize_bn, sqnr
 from lowbit.errors import InputError, LowbitError
 from lowbit.flows import CalibrationError, LowbitWarning, QuantState, prepare
 from lowbit.nn import FloatKept, QuantAdd, QuantCat, QuantConv2d, QuantLinear
@@ -92,7 +92,7 @@ def test_bad_calibration_input(model):
         lowbit.quantize(model, "x86", calibrate=[torch.randn(2, 3)], progress=False)
     bad = batches(2)
     bad[1][0, 0, 0, 0] = float("nan")
-    with pytest.raises(InputError, match="stem.0:input"):
+    with pytest.raises(InputError, match=r"stem\.0:input"):
         lowbit.quantize(model, "x86", calibrate=bad, progress=False)
 
 

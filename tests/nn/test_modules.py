@@ -86,7 +86,7 @@ def test_group_weights_run_along_input_channels():
 
 
 def test_unsupported_module_is_a_clear_error():
-    with pytest.raises(LowbitError, match="LayerNorm.*Exclude it"):
+    with pytest.raises(LowbitError, match=r"LayerNorm.*Exclude it"):
         quantized_version(nn.LayerNorm(4), SPEC, "norm")
 
 
