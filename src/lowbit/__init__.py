@@ -12,7 +12,17 @@ from __future__ import annotations
 
 from lowbit import flows, formats, nn, observers, primitives, recipes
 from lowbit.errors import LowbitError
-from lowbit.flows import calibrate, convert, fuse, prepare, quantize
+from lowbit.flows import (
+    analyze_sensitivity,
+    auto_mixed_precision,
+    calibrate,
+    convert,
+    fuse,
+    prepare,
+    prepare_qat,
+    qat_recipe,
+    quantize,
+)
 from lowbit.recipes import QuantSpec, Recipe, Rule, list_presets, preset
 
 __version__ = "0.1.0"
@@ -23,6 +33,8 @@ __all__ = [
     "Recipe",
     "Rule",
     "__version__",
+    "analyze_sensitivity",
+    "auto_mixed_precision",
     "calibrate",
     "convert",
     "flows",
@@ -32,8 +44,10 @@ __all__ = [
     "nn",
     "observers",
     "prepare",
+    "prepare_qat",
     "preset",
     "primitives",
+    "qat_recipe",
     "quantize",
     "recipes",
 ]

@@ -166,3 +166,14 @@ def test_binary_and_ternary_codes():
 def test_unknown_format_name_lists_the_known_ones():
     with pytest.raises(LowbitError, match=r"unknown format 'fp7'.*int8"):
         quantize(torch.ones(3), 1.0, 0, "fp7")
+
+
+def test_out_argument_is_filled_and_validated():
+    x = torch.randn(3, 8)
+    buffer = torch.empty(3, 8, dtype=torch.int8)
+    q = quantize(x, 0.1, 0, INT8, out=buffer)
+    assert q.data_ptr() == buffer.data_ptr() and torch.equal(q, quantize(x, 0.1, 0, INT8))
+    back = torch.empty(3, 8)
+    assert dequantize(q, 0.1, 0, INT8, out=back).data_ptr() == back.data_ptr()
+    with pytest.raises(InputError, match="contiguous"):
+        quantize(x, 0.1, 0, INT8, out=torch.empty(3, 8))

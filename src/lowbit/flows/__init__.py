@@ -7,18 +7,35 @@ from lowbit.flows.bias_correction import correct_bias
 from lowbit.flows.calibrate import CalibrationError, calibrate, feed, run_batch
 from lowbit.flows.convert import convert
 from lowbit.flows.fuse import fuse
+from lowbit.flows.mixed_precision import MixedPrecisionError, MixedPrecisionResult, auto_mixed_precision
 from lowbit.flows.prepare import LowbitWarning, QuantState, prepare, quantizer_modules
+from lowbit.flows.qat import prepare_qat, qat_recipe
+from lowbit.flows.sensitivity import (
+    LayerSensitivity,
+    SensitivityError,
+    SensitivityResult,
+    analyze_sensitivity,
+)
 
 __all__ = [
     "CalibrationError",
+    "LayerSensitivity",
     "LowbitWarning",
+    "MixedPrecisionError",
+    "MixedPrecisionResult",
     "QuantState",
+    "SensitivityError",
+    "SensitivityResult",
+    "analyze_sensitivity",
+    "auto_mixed_precision",
     "calibrate",
     "convert",
     "correct_bias",
     "feed",
     "fuse",
     "prepare",
+    "prepare_qat",
+    "qat_recipe",
     "quantize",
     "quantizer_modules",
     "run_batch",

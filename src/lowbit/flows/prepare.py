@@ -49,6 +49,7 @@ class QuantState:
     graph_note: str = ""
     disabled: dict[str, str] = field(default_factory=dict)  # name -> why it runs in float
     bias_corrected: list[str] = field(default_factory=list)
+    functional_candidates: list[str] = field(default_factory=list)  # traced op names, quantized or not
 
 
 def _is_tensor_node(arg) -> bool:
@@ -79,7 +80,10 @@ def _quantize_functional(model: nn.Module, recipe: Recipe, state: QuantState) ->
             kind, module_cls = "cat", QuantCat
         if kind is None:
             continue
+        state.functional_candidates.append(node.name)
         spec = recipe.layer_spec(node.name, kind)
+        if spec is not None and spec.keep is not None:
+            state.kept[node.name] = spec.keep
         if spec is None or spec.input is None or spec.input.dynamic:
             continue
         name = f"lowbit_{node.name}"
@@ -137,13 +141,6 @@ def prepare(model: nn.Module, recipe: Recipe, *, graph: str = "auto") -> nn.Modu
     state = getattr(model, "lowbit_state", None) or QuantState(recipe)
     state.recipe = recipe
     names = [name for name, _ in model.named_modules() if name]
-    for pattern in recipe.unmatched_patterns(names):
-        warnings.warn(
-            f"recipe pattern {pattern!r} matches no layer of this model; check the layer names "
-            f"(e.g. {names[:3]}) with model.named_modules()",
-            LowbitWarning,
-            stacklevel=2,
-        )
     if graph == "auto" and recipe.mode == "static" and recipe.input is not None:
         model = _quantize_functional(model, recipe, state)
     elif recipe.mode != "static":
@@ -173,6 +170,15 @@ def prepare(model: nn.Module, recipe: Recipe, *, graph: str = "auto") -> nn.Modu
         quantized.calibrate_weight()
         set_submodule(model, name, quantized)
         state.quantized[name] = type_name
+    # Functional ops are named by their fx node (``add``, ``matmul_1``), so rules may name them too.
+    op_names = [name.removeprefix("lowbit_") for name in state.functional] + state.functional_candidates
+    for pattern in recipe.unmatched_patterns(names + op_names):
+        warnings.warn(
+            f"recipe pattern {pattern!r} matches no layer of this model; check the layer names "
+            f"(e.g. {names[:3]}) with model.named_modules()",
+            LowbitWarning,
+            stacklevel=2,
+        )
     if not state.quantized:
         raise LowbitError(
             "the recipe selected no layer to quantize: the model has no "

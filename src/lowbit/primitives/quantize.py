@@ -34,6 +34,7 @@ def quantize(
     rounding: str = "half_even",
     saturate: bool = True,
     generator: torch.Generator | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Quantize a float tensor to codes of ``fmt`` (ONNX QuantizeLinear).
 
@@ -53,6 +54,8 @@ def quantize(
         saturate: float formats only: clamp overflow to the largest finite value
             (ONNX ``saturate=1``) instead of Inf/NaN. Integer codes always saturate.
         generator: random source for ``rounding="stochastic"``.
+        out: optional preallocated result (``x``'s shape, ``fmt.storage_dtype``,
+            contiguous); reusing one avoids page-faulting fresh memory each call.
 
     Returns:
         Codes in ``fmt.storage_dtype`` (one code per element; sub-byte formats
@@ -70,19 +73,20 @@ def quantize(
     fmt = get_format(fmt)
     check_rounding(rounding)
     _check_input(x, "x")
-    scale_b, zp_b = _layout(x, scale, zero_point, fmt, axis, block_size)
+    work, scale_b, zp_b = _layout(x, scale, zero_point, fmt, axis, block_size)
 
     if fmt.kind == "float":
         if rounding != "half_even":
             raise FormatError(f"{fmt.name} casts round half to even; use rounding='half_even'")
-        return floats.encode(x.float() / scale_b, fmt, saturate=saturate)
+        return floats.encode(work.float() / scale_b, fmt, saturate=saturate).reshape(x.shape)
     if fmt.kind == "binary":
         # sign(0) is +1 so that every code is one of the two levels.
         return torch.where(x >= 0, 1, -1).to(torch.int8)
 
-    out = torch.empty(x.shape, dtype=fmt.storage_dtype, device=x.device)
-    for xs, ss, zs, os in chunks(x, scale_b, zp_b, out):
-        value = round_tensor(torch.div(xs.float(), ss), rounding, generator)
+    out = _output(out, x, work, fmt.storage_dtype)
+    for xs, ss, zs, os in chunks(work, scale_b, zp_b, out):
+        value = torch.div(xs.float(), ss)
+        value = value.round_() if rounding == "half_even" else round_tensor(value, rounding, generator)
         if zs is not None:
             value.add_(zs)
         if bool(torch.isnan(value).any()):
@@ -91,7 +95,7 @@ def quantize(
                 "Find where they come from, or clean the tensor with torch.nan_to_num."
             )
         os.copy_(value.clamp_(fmt.qmin, fmt.qmax))
-    return out
+    return out.reshape(x.shape)
 
 
 def dequantize(
@@ -102,6 +106,7 @@ def dequantize(
     *,
     axis: int | None = None,
     block_size: int | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Turn codes back into real values (ONNX DequantizeLinear): ``(q − z) · s``.
 
@@ -109,6 +114,7 @@ def dequantize(
         q: codes as returned by :func:`quantize` (any integer dtype for integer
             formats; the storage dtype for float formats).
         scale, zero_point, fmt, axis, block_size: as for :func:`quantize`.
+        out: optional preallocated float32 result of ``q``'s shape (contiguous).
 
     Returns:
         float32 tensor (the subtraction is exact in int32, then one float32 multiply).
@@ -120,22 +126,22 @@ def dequantize(
     fmt = get_format(fmt)
     if not isinstance(q, Tensor):
         raise InputError(f"dequantize needs a tensor of codes, got {type(q).__name__}")
-    scale_b, zp_b = _layout(q, scale, zero_point, fmt, axis, block_size)
+    work, scale_b, zp_b = _layout(q, scale, zero_point, fmt, axis, block_size)
     if fmt.kind == "float":
-        return floats.decode(q, fmt) * scale_b
+        return (floats.decode(work, fmt) * scale_b).reshape(q.shape)
     if q.is_floating_point():
         raise InputError(
             f"{fmt.name} codes must be an integer tensor, got {q.dtype}; pass quantize()'s output"
         )
-    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    for qs, ss, zs, os in chunks(q, scale_b, zp_b, out):
+    out = _output(out, q, work, torch.float32)
+    for qs, ss, zs, os in chunks(work, scale_b, zp_b, out):
         # int32 subtraction is exact; as float32 it stays exact for |q - z| < 2**24,
         # which covers every format up to 16 bits, so one rounding remains: the multiply.
         os.copy_(qs)
         if zs is not None:
             os.sub_(zs)
         os.mul_(ss)
-    return out
+    return out.reshape(q.shape)
 
 
 # Elements per chunk: large enough to amortise dispatch, small enough that the
@@ -175,6 +181,17 @@ def _rows(p: Tensor | None, part: slice, ndim: int) -> Tensor | None:
     return p[part]
 
 
+def _output(out: Tensor | None, x: Tensor, work: Tensor, dtype: torch.dtype) -> Tensor:
+    if out is None:
+        return torch.empty(work.shape, dtype=dtype, device=x.device)
+    if out.shape != x.shape or out.dtype != dtype or not out.is_contiguous():
+        raise InputError(
+            f"out must be a contiguous {dtype} tensor of shape {tuple(x.shape)}, got "
+            f"{out.dtype} {tuple(out.shape)}"
+        )
+    return out.view(work.shape)
+
+
 def _check_input(x: Tensor, name: str) -> None:
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise InputError(
@@ -190,8 +207,13 @@ def _layout(
     fmt: QFormat,
     axis: int | None,
     block_size: int | None,
-) -> tuple[Tensor, Tensor | None]:
-    """Validate scale / zero point against ONNX's layout rules and broadcast them to ``x``."""
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Validate scale / zero point against ONNX's layout rules and broadcast them to ``x``.
+
+    Returns ``(x_work, scale, zero_point)``: blocks that tile their axis exactly are
+    handled by viewing ``x`` as ``(..., n_blocks, block_size, ...)`` so that the
+    parameters broadcast instead of being repeated to ``x``'s full size.
+    """
     scale = torch.as_tensor(scale, dtype=torch.float32)
     if axis is not None:
         axis = normalize_axis(axis, x.dim())
@@ -230,9 +252,13 @@ def _layout(
                 f"zero_point shape {tuple(zp.shape)} must equal scale shape {tuple(scale.shape)}"
             )
         zp = _check_zero_point(zp, fmt)
+    if block_size is not None and x.shape[axis] % block_size == 0 and x.numel() > 0:
+        n_blocks = x.shape[axis] // block_size
+        work = x.reshape(*x.shape[:axis], n_blocks, block_size, *x.shape[axis + 1 :])
+        return work, scale.unsqueeze(axis + 1), None if zp is None else zp.unsqueeze(axis + 1)
     scale_b = expand_to(scale, x.shape, axis, block_size)
     zp_b = None if zp is None else expand_to(zp, x.shape, axis, block_size)
-    return scale_b, zp_b
+    return x, scale_b, zp_b
 
 
 def _check_zero_point(zp: Tensor, fmt: QFormat) -> Tensor | None:

@@ -1,0 +1,5 @@
+"""``python -m lowbit`` runs the command line tool."""
+
+from lowbit.cli.main import main
+
+raise SystemExit(main())
