@@ -10,7 +10,7 @@ Layers (each imports only from those above it): ``formats`` â†’ ``primitives`` â
 
 from __future__ import annotations
 
-from lowbit import flows, formats, nn, observers, primitives, recipes
+from lowbit import flows, formats, nn, observers, primitives, recipes, report
 from lowbit.errors import LowbitError
 from lowbit.flows import (
     analyze_sensitivity,
@@ -50,4 +50,5 @@ __all__ = [
     "qat_recipe",
     "quantize",
     "recipes",
+    "report",
 ]
