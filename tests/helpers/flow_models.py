@@ -57,4 +57,5 @@ def batches(n: int = 6, shape=(8, 1, 8, 8), seed: int = 0) -> list[torch.Tensor]
 
 
 def sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
+    ref, out = ref.detach(), out.detach()
     return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum()))

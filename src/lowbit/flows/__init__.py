@@ -16,6 +16,7 @@ from lowbit.flows.sensitivity import (
     SensitivityResult,
     analyze_sensitivity,
 )
+from lowbit.flows.smooth import smooth, smoothing_factors
 
 __all__ = [
     "CalibrationError",
@@ -39,4 +40,6 @@ __all__ = [
     "quantize",
     "quantizer_modules",
     "run_batch",
+    "smooth",
+    "smoothing_factors",
 ]

@@ -12,6 +12,7 @@ from lowbit.flows.calibrate import calibrate as run_calibration
 from lowbit.flows.convert import convert
 from lowbit.flows.fuse import fuse
 from lowbit.flows.prepare import prepare
+from lowbit.flows.smooth import smooth
 from lowbit.recipes import Recipe, preset
 
 
@@ -26,6 +27,10 @@ def quantize(
     progress: bool = True,
 ) -> nn.Module:
     """Quantize a trained float model as ``recipe`` says.
+
+    Steps: fuse BN → prepare (swap in quantized layers) → smooth outliers (if
+    ``recipe.smooth_alpha``) → calibrate → bias correction (if
+    ``recipe.bias_correction``) → convert.
 
     Args:
         model: the float model. Left untouched unless ``inplace=True``.
@@ -55,6 +60,8 @@ def quantize(
     model = prepare(model, recipe, graph=graph)
     model.lowbit_state.fused = fused
     batches = recipe.calibration_batches if max_batches is None else max_batches
+    if recipe.smooth_alpha is not None and calibrate is not None:
+        smooth(model, calibrate, recipe.smooth_alpha, max_batches=min(batches, 16), progress=progress)
     run_calibration(model, calibrate, max_batches=batches, progress=progress)
     if recipe.bias_correction and calibrate is not None:
         correct_bias(model, calibrate, max_batches=min(batches, 32), progress=progress)

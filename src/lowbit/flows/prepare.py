@@ -50,6 +50,7 @@ class QuantState:
     disabled: dict[str, str] = field(default_factory=dict)  # name -> why it runs in float
     bias_corrected: list[str] = field(default_factory=list)
     functional_candidates: list[str] = field(default_factory=list)  # traced op names, quantized or not
+    smoothed: list[str] = field(default_factory=list)
 
 
 def _is_tensor_node(arg) -> bool:

@@ -40,6 +40,9 @@ class QuantMixin:
         self.weight_quantizer = Quantizer(weight_spec, f"{name}:weight") if weight_spec else None
         self.output_quantizer = Quantizer(spec.output, f"{name}:output") if spec.output else None
         self.register_buffer("converted", torch.tensor(False))
+        # Per-input-channel factor applied to the input before its quantizer (outlier
+        # smoothing, lowbit.flows.smooth); None when the layer is not smoothed.
+        self.register_buffer("smooth_factor", None)
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def _weight_spec(self, spec: QuantSpec) -> QuantSpec:
@@ -68,7 +71,26 @@ class QuantMixin:
         return quantizer(self.weight)
 
     def quantize_input(self, x: Tensor) -> Tensor:
+        if self.smooth_factor is not None:
+            x = x * self.smooth_factor.to(x.dtype)
         return self.input_quantizer(x) if self.input_quantizer is not None else x
+
+    @torch.no_grad()
+    def set_smoothing(self, factor: Tensor) -> None:
+        """Scale the input by ``factor`` per input channel and the weight by ``1 / factor``.
+
+        The product is unchanged in exact arithmetic; outlier channels of the input
+        shrink and the weight (quantized per output channel) absorbs them.
+        """
+        if bool(self.converted):
+            raise LowbitError(f"{self.layer_name}: smooth before convert, while weights are float")
+        factor = factor.detach().to(torch.float32)
+        shape = [1] * self.weight.dim()
+        shape[self.weight_axes[1]] = -1
+        self.weight.div_(factor.reshape(shape).to(self.weight.dtype))
+        if self.smooth_factor is not None:
+            factor = factor * self.smooth_factor
+        self.smooth_factor = factor
 
     def quantize_output(self, y: Tensor) -> Tensor:
         return self.output_quantizer(y) if self.output_quantizer is not None else y
@@ -98,6 +120,8 @@ class QuantMixin:
                                  axis=p.axis, block_size=p.block_size).to(dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        if prefix + "smooth_factor" in state_dict and self.smooth_factor is None:
+            self.smooth_factor = torch.empty_like(state_dict[prefix + "smooth_factor"])
         # A converted checkpoint holds codes instead of a float weight: take that shape.
         if prefix + "weight_codes" in state_dict and "weight" in self._parameters:
             codes = state_dict[prefix + "weight_codes"]

@@ -131,7 +131,10 @@ class Quantizer(nn.Module):
     def set_qparams(self, params: QParams) -> None:
         """Freeze the given parameters and switch to ``"quantize"`` mode."""
         self.scale = params.scale.detach().to(torch.float32).clone()
-        self.zero_point = params.zero_point.detach().to(torch.int32).clone()
+        # Zero points are stored in the codes' own dtype (ONNX requires that too),
+        # so per-group parameters of int4 weights cost a byte, not four.
+        zp_dtype = self.fmt.storage_dtype if self.fmt.kind == "int" else torch.int8
+        self.zero_point = params.zero_point.detach().to(zp_dtype).clone()
         self.layout = torch.tensor(
             [-1 if params.axis is None else params.axis,
              -1 if params.block_size is None else params.block_size],

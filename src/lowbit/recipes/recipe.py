@@ -99,6 +99,8 @@ class Recipe:
     backend: str | None = None
     description: str = ""
     calibration_batches: int = 100
+    # SmoothQuant-style outlier migration (0 < alpha < 1; None = off): see lowbit.flows.smooth.
+    smooth_alpha: float | None = None
 
     def __post_init__(self) -> None:
         check_type(self.name, (str,), "name", "a string")
@@ -129,6 +131,10 @@ class Recipe:
         if self.calibration_batches < 0:
             raise RecipeError(f"must be >= 0, got {self.calibration_batches}",
                               "calibration_batches")
+        check_type(self.smooth_alpha, (float, int, type(None)), "smooth_alpha", "a number or null")
+        if self.smooth_alpha is not None and not 0 < self.smooth_alpha < 1:
+            raise RecipeError(f"must be in (0, 1) (0.5 is SmoothQuant's default), got "
+                              f"{self.smooth_alpha}", "smooth_alpha")
 
     def _coerce_rules(self, rules: Any) -> tuple[Rule, ...]:
         if isinstance(rules, (Rule, dict)):
@@ -284,6 +290,8 @@ class Recipe:
         data["fuse"] = self.fuse
         data["bias_correction"] = self.bias_correction
         data["calibration_batches"] = self.calibration_batches
+        if self.smooth_alpha is not None:
+            data["smooth_alpha"] = self.smooth_alpha
         data["rules"] = [rule.to_dict() for rule in self.rules]
         return data
 
