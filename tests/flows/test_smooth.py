@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-from helpers.flow_models import sqnr
 from torch import nn
 
 import lowbit
+from helpers.flow_models import sqnr
 from lowbit.errors import LowbitError
 from lowbit.flows import smooth, smoothing_factors
 from lowbit.recipes import Recipe, preset
