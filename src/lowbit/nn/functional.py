@@ -32,18 +32,30 @@ class QuantMatmul(nn.Module):
 
 
 class QuantAdd(nn.Module):
-    """``a + b`` whose result is quantized (a residual join in a QDQ graph)."""
+    """``a + b`` with both operands quantized (a residual join in a QDQ graph).
 
-    def __init__(self, spec: QuantSpec, name: str = "") -> None:
+    Runtimes add quantized operands (ONNX Runtime's QLinearAdd, PyTorch's quantized
+    add, TensorRT's Conv+Add fusion), and the layer that produces an operand (the
+    last conv of a residual branch) can only run as an integer kernel when its output
+    is quantized. The sum is quantized where its consumer quantizes it (after a
+    following ReLU), like every lowbit layer's output; pass ``output`` to quantize
+    the sum itself too.
+    """
+
+    def __init__(self, spec: QuantSpec, name: str = "", *, output: QuantSpec | None = None) -> None:
         super().__init__()
         self.layer_name = name
-        self.output_quantizer = Quantizer(spec, f"{name}:output")
+        self.a_quantizer = Quantizer(spec, f"{name}:a")
+        self.b_quantizer = Quantizer(spec, f"{name}:b")
+        self.output_quantizer = Quantizer(output, f"{name}:output") if output is not None else None
 
     def quantizers(self) -> dict[str, Quantizer]:
-        return {"output": self.output_quantizer}
+        found = {"a": self.a_quantizer, "b": self.b_quantizer, "output": self.output_quantizer}
+        return {role: q for role, q in found.items() if q is not None}
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.output_quantizer(a + b)
+        y = self.a_quantizer(a) + self.b_quantizer(b)
+        return self.output_quantizer(y) if self.output_quantizer is not None else y
 
 
 class QuantCat(nn.Module):
