@@ -10,6 +10,7 @@ from lowbit.flows.fuse import fuse
 from lowbit.flows.mixed_precision import MixedPrecisionError, MixedPrecisionResult, auto_mixed_precision
 from lowbit.flows.prepare import LowbitWarning, QuantState, prepare, quantizer_modules
 from lowbit.flows.qat import prepare_qat, qat_recipe
+from lowbit.flows.qat_tools import load_qat_checkpoint, rounding_mismatch, save_qat_checkpoint
 from lowbit.flows.sensitivity import (
     LayerSensitivity,
     SensitivityError,
@@ -34,12 +35,15 @@ __all__ = [
     "correct_bias",
     "feed",
     "fuse",
+    "load_qat_checkpoint",
     "prepare",
     "prepare_qat",
     "qat_recipe",
     "quantize",
     "quantizer_modules",
+    "rounding_mismatch",
     "run_batch",
+    "save_qat_checkpoint",
     "smooth",
     "smoothing_factors",
 ]

@@ -10,11 +10,15 @@ from __future__ import annotations
 from torch import nn
 
 from lowbit.flows.prepare import quantizer_modules
+from lowbit.flows.qat import finish_qat
 from lowbit.nn.modules import QuantMixin
 
 
 def convert(model: nn.Module) -> nn.Module:
     """Quantize weights to codes and drop observers (in place).
+
+    A QAT model (`lowbit.prepare_qat`) is first turned into the post-training
+    types: folded Conv-BN layers become quantized convs, QAT quantizers plain ones.
 
     Example:
         >>> from lowbit.recipes import preset
@@ -23,6 +27,7 @@ def convert(model: nn.Module) -> nn.Module:
         >>> m[0].weight_codes.dtype
         torch.int8
     """
+    model = finish_qat(model)
     for module in model.modules():
         if isinstance(module, QuantMixin):
             module.convert_weight()

@@ -23,6 +23,7 @@ RANGE_METHODS = ("minmax", "percentile", "entropy", "mse")
 Mode = Literal["static", "dynamic", "weight_only"]
 MODES = ("static", "dynamic", "weight_only")
 FLOAT_KEEPS = ("fp32", "fp16", "bf16")
+LEARN_MODES = ("none", "lsq", "lsq+")
 
 
 def join_key(prefix: str | None, key: str | None) -> str | None:
@@ -84,6 +85,7 @@ _SPEC_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "rounding": ((str,), f"one of {ROUNDING_MODES}"),
     "dynamic": ((bool,), "true or false"),
     "clip_search": ((bool,), "true or false"),
+    "learn": ((str,), f"one of {LEARN_MODES}"),
 }
 
 
@@ -107,6 +109,9 @@ class QuantSpec:
         rounding: rounding mode of the deployment backend.
         dynamic: parameters computed from each batch at run time (activations only).
         clip_search: weights only: MSE search of a per-channel clipping range.
+        learn: quantization-aware training only: ``"none"`` (scale from statistics),
+            ``"lsq"`` (learned scale, Esser et al.) or ``"lsq+"`` (learned scale and
+            offset, Bhalgat et al.; asymmetric specs only). PTQ ignores it.
 
     Example:
         >>> QuantSpec("int4", "group", group_size=32).granularity_value().group_size
@@ -125,6 +130,7 @@ class QuantSpec:
     rounding: str = "half_even"
     dynamic: bool = False
     clip_search: bool = False
+    learn: str = "none"
 
     def __post_init__(self) -> None:
         # Accept the value objects too, but store names so specs compare and serialise.
@@ -169,6 +175,14 @@ class QuantSpec:
         if self.rounding not in ROUNDING_MODES:
             raise RecipeError(f"{self.rounding!r} is unknown; use one of {ROUNDING_MODES}",
                               "rounding")
+        if self.learn not in LEARN_MODES:
+            raise RecipeError(f"{self.learn!r} is unknown; use one of {LEARN_MODES}", "learn")
+        if self.learn != "none" and self.dynamic:
+            raise RecipeError("a dynamic spec computes its scale from each batch, so it cannot "
+                              "be learned; use learn: none or dynamic: false", "learn")
+        if self.learn == "lsq+" and self.symmetric:
+            raise RecipeError("lsq+ learns an offset, which a symmetric spec fixes at its zero "
+                              "point; use learn: lsq, or symmetric: false", "learn")
         if not 0 < self.percentile <= 100:
             raise RecipeError(f"must be in (0, 100], got {self.percentile}", "percentile")
         if not 0 <= self.momentum < 1:
@@ -232,6 +246,8 @@ class QuantSpec:
             text += " clip-search"
         if self.rounding != "half_even":
             text += f" round={self.rounding}"
+        if self.learn != "none":
+            text += f" {self.learn}"
         return text
 
 
