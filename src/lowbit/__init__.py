@@ -10,7 +10,7 @@ Layers (each imports only from those above it): ``formats`` â†’ ``primitives`` â
 
 from __future__ import annotations
 
-from lowbit import flows, formats, nn, observers, primitives, recipes, report
+from lowbit import export, flows, formats, nn, observers, primitives, recipes, report, runtime
 from lowbit.errors import LowbitError
 from lowbit.flows import (
     analyze_sensitivity,
@@ -37,6 +37,7 @@ __all__ = [
     "auto_mixed_precision",
     "calibrate",
     "convert",
+    "export",
     "flows",
     "formats",
     "fuse",
@@ -51,4 +52,5 @@ __all__ = [
     "quantize",
     "recipes",
     "report",
+    "runtime",
 ]

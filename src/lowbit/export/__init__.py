@@ -12,6 +12,7 @@ from lowbit.export.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
+    load_quantized,
     read_checkpoint,
     save_checkpoint,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "ExportError",
     "load_checkpoint",
+    "load_quantized",
     "onnx",
     "read_checkpoint",
     "save_checkpoint",
