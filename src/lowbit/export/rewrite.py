@@ -311,7 +311,8 @@ def hoist_quantize(ed: GraphEditor) -> int:
                 continue
             before = producers.get(op.input[0])
             params = list(q.input[1:])
-            if before is not None and before.op_type == "DequantizeLinear" and list(before.input[1:]) == params:
+            if (before is not None and before.op_type == "DequantizeLinear"
+                    and list(before.input[1:]) == params):
                 continue
             new_q = ed.node("QuantizeLinear", [op.input[0], *params], name=f"{op.name}_in_Q")
             new_dq = ed.node("DequantizeLinear", [new_q.output[0], *params], name=f"{op.name}_in_DQ")
