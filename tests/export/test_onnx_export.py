@@ -47,7 +47,7 @@ def _static(name: str) -> Recipe:
 
 def _export_run(qmodel, example, inputs, path, **kwargs):
     out_path = lowbit.export.onnx(qmodel, example, path, **kwargs)
-    sess = runtime.session(out_path, threads=1, int4_accuracy_level=0)
+    sess = runtime.session(out_path, threads=1, nbits_accuracy_level=0)
     return out_path, runtime.run(sess, inputs)[0]
 
 

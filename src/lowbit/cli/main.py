@@ -1,7 +1,9 @@
-"""The ``lowbit`` command: quantize a model, list presets, run the demo.
+"""The ``lowbit`` command: quantize a model, export and benchmark it, list presets, run the demo.
 
     lowbit presets
     lowbit quantize MODEL --recipe x86 --calib DATA -o OUT
+    lowbit export MODEL OUT/model.lowbit.safetensors --input-shape 1,3,224,224 -o model.onnx
+    lowbit bench MODEL OUT/model.lowbit.safetensors --input-shape 1,3,224,224 -o bench/
     lowbit demo
 
 Every subcommand is a thin layer over the Python API (``lowbit.quantize``,
@@ -17,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from lowbit import __version__
+from lowbit.cli.export_cmd import register as register_export_commands
 from lowbit.errors import LowbitError
 
 EPILOG = """examples:
@@ -24,6 +27,8 @@ EPILOG = """examples:
   lowbit quantize mypkg.models:resnet18 --recipe x86 --calib calib/ -o out/
   lowbit quantize ./minilm-dir --recipe w8a8-dynamic -o out/
   lowbit quantize model.pt --recipe-file my_recipe.yaml --calib batch.npy -o out/
+  lowbit export mypkg.models:resnet18 out/model.lowbit.safetensors --input-shape 1,3,224,224 -o r18.onnx
+  lowbit bench mypkg.models:resnet18 out/model.lowbit.safetensors --input-shape 1,3,224,224
   lowbit demo
 """
 
@@ -61,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", type=Path, default=Path("lowbit-out"), help="output directory")
     q.add_argument("--no-report", action="store_true", help="skip the HTML / Markdown report")
     q.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    COMMANDS.update(register_export_commands(sub))
 
     demo = sub.add_parser("demo", help="train a small CNN on bundled digits and compare recipes",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -123,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"presets": cmd_presets, "quantize": cmd_quantize, "demo": cmd_demo}
+COMMANDS = {"presets": cmd_presets, "quantize": cmd_quantize, "demo": cmd_demo}  # + export, bench
 
 
 def main(argv: list[str] | None = None) -> int:

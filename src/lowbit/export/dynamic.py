@@ -30,14 +30,21 @@ from lowbit.primitives.qparams import MAX_SCALE, MIN_SCALE
 
 @dataclass
 class DynamicCodes:
-    """A dynamically quantized tensor: names of its float-valued codes, scale and zero point."""
+    """A dynamically quantized tensor: the names of its codes, scale and zero point.
 
-    codes: str  # float32 tensor of integer values in [qmin, qmax]
-    scale: str  # float32, broadcastable against the codes
-    zero_point: str | None  # float32 like scale, None when it is 0
+    ``codes`` is a uint8 tensor when ``uint8`` is set (8-bit formats; signed codes
+    shifted by 128, ``zero_point`` then holds the shifted zero point), otherwise
+    float32 holding integer values. ``symmetric``: the (unshifted) zero point is 0.
+    """
+
+    codes: str
+    scale: str
+    zero_point: str | None
     fmt: QFormat
     per_token: bool
-    onnx_native: bool  # DynamicQuantizeLinear (codes are uint8, not float)
+    onnx_native: bool  # DynamicQuantizeLinear
+    uint8: bool = False
+    symmetric: bool = False
 
 
 def lower_dynamic(ed: GraphEditor, node, mark, opset: int) -> DynamicCodes:
@@ -75,6 +82,8 @@ def lower_dynamic(ed: GraphEditor, node, mark, opset: int) -> DynamicCodes:
         scale, zp = _onnx_qparams(ed, hint, lo, hi, fmt)
     else:
         scale, zp = _minmax_qparams(ed, hint, lo, hi, fmt, spec.symmetric)
+    if fmt.bits == 8 and (fmt.qmin, fmt.qmax) in ((0, 255), (-128, 127)):
+        return _quantize_uint8(ed, hint, x, out, scale, zp, fmt, mark, per_token, spec.symmetric)
     codes = ed.node("Round", [ed.node("Div", [x, scale]).output[0]], name=f"{hint}_Round").output[0]
     if zp is not None:
         codes = ed.node("Add", [codes, zp]).output[0]
@@ -82,6 +91,31 @@ def lower_dynamic(ed: GraphEditor, node, mark, opset: int) -> DynamicCodes:
     centered = ed.node("Sub", [codes, zp]).output[0] if zp is not None else codes
     ed.node("Mul", [centered, scale], [out], name=f"{hint}_Dequantize")
     return DynamicCodes(codes, scale, zp, fmt, per_token, onnx_native=False)
+
+
+def _quantize_uint8(ed: GraphEditor, hint: str, x: str, out: str, scale: str, zp: str | None,
+                    fmt: QFormat, mark, per_token: bool, symmetric: bool) -> DynamicCodes:
+    """One QuantizeLinear to uint8 (signed codes shifted by 128) with the computed parameters.
+
+    QuantizeLinear divides by the scale and rounds half to even exactly as lowbit
+    does; per token it is ONNX's blocked layout with one block per row.
+    """
+    shift = 128.0 if fmt.signed else 0.0
+    if zp is None:
+        zp_u8 = ed.node("Expand", [ed.constant("u8", np.uint8(shift)),
+                                   ed.node("Shape", [scale]).output[0]]).output[0]
+    else:
+        moved = ed.node("Add", [zp, _f32(ed, shift)]).output[0] if shift else zp
+        zp_u8 = ed.node("Cast", [moved], to=TensorProto.UINT8).output[0]
+    attrs = {}
+    if per_token:
+        if mark.shape is None:
+            raise ExportError(f"internal: {mark.name} was not traced; please report this model")
+        attrs = {"axis": -1, "block_size": int(mark.shape[-1])}
+    codes = ed.node("QuantizeLinear", [x, scale, zp_u8], name=f"{hint}_QuantizeLinear", **attrs).output[0]
+    ed.node("DequantizeLinear", [codes, scale, zp_u8], [out], name=f"{hint}_DequantizeLinear", **attrs)
+    return DynamicCodes(codes, scale, zp_u8, fmt, per_token, onnx_native=False, uint8=True,
+                        symmetric=zp is None and fmt.signed)
 
 
 def _f32(ed: GraphEditor, value: float) -> str:

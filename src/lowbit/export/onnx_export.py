@@ -141,6 +141,7 @@ def onnx(
     from lowbit.export.graph import GraphEditor
     from lowbit.export.qdq import lower_markers
     from lowbit.export.rewrite import (
+        gather_before_dequantize,
         hoist_quantize,
         integer_dynamic_matmuls,
         keep_matmul_bias_apart,
@@ -167,6 +168,7 @@ def onnx(
     lowered = lower_markers(ed, traced.marks, opset=opset)
     quantize_biases(ed, lowered)
     hoist_quantize(ed)
+    gather_before_dequantize(ed, lowered)
     protect_float8_relus(ed, lowered)
     integer_dynamic_matmuls(ed, lowered)
     if matmul_nbits_layers:

@@ -147,11 +147,15 @@ def _lower_static(ed: GraphEditor, node, mark: Mark, cache: dict, renames: dict[
     hint = mark.name.replace(".", "_").replace(":", "_")
     scale, zp = p.scale.detach().float(), p.zero_point.detach()
     clip = needs_clip(fmt, elem_type)
-    if elem_type == ONNX_TYPES["int8"] and fmt.kind == "int" and not clip and bool(zp.any()):
+    asymmetric = not quantizer.spec.symmetric or bool(zp.any())
+    if elem_type == ONNX_TYPES["int8"] and fmt.kind == "int" and not clip and asymmetric:
         # Asymmetric int8 activations as uint8 with the zero point moved by 128: the same
         # values (q + 128 clamps to [0, 255] exactly when q clamps to [-128, 127]). ONNX
         # Runtime converts int8 QDQ to uint8 itself on x86, but only for a QuantizeLinear
         # with a single consumer; TensorRT takes symmetric int8 only, so nothing is lost.
+        # Decided by the spec, not by the value: a range that happens to give zero point
+        # 0 must not stay int8 between uint8 neighbours, or ONNX Runtime fuses neither
+        # the conv nor the add (both need one element type on all their Q/DQ).
         elem_type, zp = ONNX_TYPES["uint8"], zp.to(torch.int32) + 128
     scale_name = ed.shared(scale_tensor(f"{hint}_scale", scale))
     zp_name = ed.shared(zero_point_tensor(f"{hint}_zero_point", zp, elem_type))
@@ -206,7 +210,12 @@ def lower_markers(ed: GraphEditor, marks: dict[int, Mark], *, opset: int = 21) -
         if mark.kind == "weight":
             _lower_weight(ed, node, mark, consumers, lowered, opset)
         elif mark.quantizer.spec.dynamic:
+            key = ("dynamic", renames.get(node.input[0], node.input[0]), mark.quantizer.spec)
+            if key in cache:  # Q, K and V projections of one input share its quantization
+                renames[node.output[0]] = cache[key]
+                continue
             lowered.dynamic[node.output[0]] = lower_dynamic(ed, node, mark, opset)
+            cache[key] = node.output[0]
         else:
             _lower_static(ed, node, mark, cache, renames, lowered, opset)
     _rename_inputs(ed, renames)

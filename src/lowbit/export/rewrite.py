@@ -133,10 +133,10 @@ def integer_dynamic_matmuls(ed: GraphEditor, lowered: Lowered) -> int:
     count = 0
     consumers = ed.consumers()
     for out, dyn in lowered.dynamic.items():
-        if not isinstance(dyn, DynamicCodes) or dyn.onnx_native or dyn.fmt.bits != 8:
+        if not isinstance(dyn, DynamicCodes) or dyn.onnx_native or not dyn.uint8:
             continue
-        if dyn.zero_point is not None:
-            continue
+        if not dyn.symmetric and dyn.per_token:
+            continue  # a zero point per token: MatMulInteger takes one per tensor
         codes_int = None
         for node in consumers.get(out, []):
             if node.op_type not in ("MatMul", "Gemm") or node.input[0] != out:
@@ -148,14 +148,15 @@ def integer_dynamic_matmuls(ed: GraphEditor, lowered: Lowered) -> int:
             if parts is None:
                 continue
             w_codes, w_scale, w_zp = parts
-            if codes_int is None:
-                to = TensorProto.INT8 if dyn.fmt.signed else TensorProto.UINT8
-                codes_int = ed.node("Cast", [dyn.codes], to=to, name="dynamic_codes_Cast").output[0]
+            # Signed codes travel as uint8 with zero point 128 (the same products): ONNX
+            # Runtime's u8 x s8 kernels are its fast ones.
+            codes_int = dyn.codes
+            a_zp = ed.constant("a_zero_point", np.uint8(128)) if dyn.symmetric else dyn.zero_point
             b = ed.add_initializer(codes_tensor(f"{weight.layer}_weight_kn", w_codes, weight.elem_type))
-            inputs = [codes_int, b]
+            inputs = [codes_int, b, a_zp]
             if bool(w_zp.any()):
-                inputs += ["", ed.add_initializer(zero_point_tensor(f"{weight.layer}_weight_zp", w_zp,
-                                                                    weight.elem_type))]
+                inputs.append(ed.add_initializer(zero_point_tensor(f"{weight.layer}_weight_zp", w_zp,
+                                                                   weight.elem_type)))
             acc = ed.node("MatMulInteger", inputs, name=f"{weight.layer}_MatMulInteger").output[0]
             acc_f = ed.node("Cast", [acc], to=TensorProto.FLOAT).output[0]
             w_scale_name = ed.add_initializer(scale_tensor(f"{weight.layer}_weight_scale_n", w_scale))
@@ -311,8 +312,8 @@ def hoist_quantize(ed: GraphEditor) -> int:
                 continue
             before = producers.get(op.input[0])
             params = list(q.input[1:])
-            if (before is not None and before.op_type == "DequantizeLinear"
-                    and list(before.input[1:]) == params):
+            if before is not None and before.op_type == "DequantizeLinear" \
+                    and list(before.input[1:]) == params:
                 continue
             new_q = ed.node("QuantizeLinear", [op.input[0], *params], name=f"{op.name}_in_Q")
             new_dq = ed.node("DequantizeLinear", [new_q.output[0], *params], name=f"{op.name}_in_DQ")
@@ -321,3 +322,43 @@ def hoist_quantize(ed: GraphEditor) -> int:
             break
         else:
             return count
+
+
+def gather_before_dequantize(ed: GraphEditor, lowered: Lowered) -> int:
+    """Look up embedding rows in the codes, then dequantize only the rows used.
+
+    ``Gather(DequantizeLinear(table), ids)`` dequantizes the whole table on every
+    run; ``Gather(codes, ids)`` then ``(codes - z) · s`` with the rows' own scale
+    computes the same numbers (one float32 product per element, as
+    DequantizeLinear does) for the looked-up rows only.
+    """
+    count = 0
+    consumers = ed.consumers()
+    for out, weight in lowered.weights.items():
+        users = consumers.get(out, [])
+        if len(users) != 1 or users[0].op_type != "Gather" or users[0].input[0] != out:
+            continue
+        gather = users[0]
+        if _attr(gather, "axis", 0) != 0 or weight.block_size is not None:
+            continue
+        if weight.elem_type not in INT8_TYPES or weight.axis not in (None, 0):
+            continue
+        ids = gather.input[1]
+        rows = ed.node("Gather", [weight.codes_name, ids], axis=0).output[0]
+        if weight.axis is None:
+            ed.node("DequantizeLinear", [rows, ed.add_initializer(scale_tensor("emb_scale", weight.scale)),
+                                         ed.add_initializer(zero_point_tensor("emb_zp", weight.zero_point,
+                                                                              weight.elem_type))],
+                    [gather.output[0]])
+        else:
+            value = ed.node("Cast", [rows], to=TensorProto.FLOAT).output[0]
+            if bool(weight.zero_point.any()):
+                zp = ed.add_initializer(numpy_helper.from_array(
+                    weight.zero_point.to(torch.float32).reshape(-1, 1).numpy(), "emb_zero_point"))
+                value = ed.node("Sub", [value, ed.node("Gather", [zp, ids], axis=0).output[0]]).output[0]
+            scales = ed.add_initializer(numpy_helper.from_array(
+                weight.scale.to(torch.float32).reshape(-1, 1).numpy(), "emb_row_scale"))
+            ed.node("Mul", [value, ed.node("Gather", [scales, ids], axis=0).output[0]], [gather.output[0]])
+        ed.remove(gather)
+        count += 1
+    return count

@@ -52,6 +52,7 @@ class Mark:
         name: the quantizer's or layer's name, for messages.
         quantizer: the activation quantizer (``"act"``) or the weight quantizer.
         module: the quantized layer (``"weight"``).
+        shape: the shape the activation had when traced.
     """
 
     key: int
@@ -59,6 +60,7 @@ class Mark:
     name: str
     quantizer: Quantizer
     module: nn.Module | None = None
+    shape: tuple[int, ...] | None = None  # the traced tensor's shape (activations)
 
 
 @dataclass
@@ -115,10 +117,11 @@ class ActMarker(nn.Module):
 
     op = "Act"
 
-    def __init__(self, quantizer: Quantizer, key: int) -> None:
+    def __init__(self, quantizer: Quantizer, mark: Mark) -> None:
         super().__init__()
         self.quantizer = quantizer
-        self.key = key
+        self.key = mark.key
+        self.mark = mark
 
     @property
     def mode(self) -> str:  # QuantCat asks its quantizer's mode
@@ -129,6 +132,7 @@ class ActMarker(nn.Module):
         return self.quantizer.spec
 
     def simulate(self, x: Tensor) -> Tensor:
+        self.mark.shape = tuple(x.shape)
         return self.quantizer(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -214,7 +218,7 @@ def build_twin(qmodel: nn.Module) -> tuple[nn.Module, dict[int, Mark]]:
                 continue
             key = len(marks)
             marks[key] = Mark(key, "act", label, quantizer)
-            _replace_child(module, quantizer, ActMarker(quantizer, key))
+            _replace_child(module, quantizer, ActMarker(quantizer, marks[key]))
         if isinstance(module, QuantMixin) and module.weight_quantizer is not None:
             wq = module.weight_quantizer
             if not bool(module.converted) and wq.mode != "quantize":

@@ -329,8 +329,9 @@ def prepare_qat(
             Without it they start from the first training batch.
         inplace: modify ``model`` itself.
         init: ``"ptq"`` (what PTQ would choose) or ``"lsq"`` (2·mean|x|/sqrt(qmax)).
-        fold_bn: ``"auto"`` folds every Conv → BatchNorm pair, ``"none"`` none, or a
-            list of conv names that must each be followed by a BatchNorm.
+        fold_bn: ``"auto"`` folds every Conv → BatchNorm pair (none when the recipe
+            says ``fuse=False``), ``"none"`` none, or a list of conv names that must
+            each be followed by a BatchNorm.
         freeze_bn_after: training steps after which folded BNs use running statistics.
         freeze_observers_after: training steps after which fixed-scale parameters
             stop following the data (learned scales keep learning).
@@ -358,7 +359,7 @@ def prepare_qat(
     _check_quantizable(model, recipe)
     if not inplace:
         model = copy.deepcopy(model)
-    pairs = _bn_pairs(model, fold_bn)
+    pairs = _bn_pairs(model, "none" if fold_bn == "auto" and not recipe.fuse else fold_bn)
     consumers = activation_consumers(model)
     model = prepare(model, recipe, graph=graph)
     state = QATState(recipe, init, freeze_bn_after=freeze_bn_after,
@@ -383,7 +384,11 @@ def prepare_qat(
 
 
 def qat_layers(model: nn.Module) -> tuple[list[_QuantConvBnNd], list[QATQuantizer]]:
-    """The folded Conv-BN modules and the QAT quantizers of ``model``."""
+    """The folded Conv-BN modules and the QAT quantizers of ``model``.
+
+    Example:
+        >>> convbn, quantizers = qat_layers(qat)  # doctest: +SKIP
+    """
     convbn = [m for m in model.modules() if isinstance(m, _QuantConvBnNd)]
     quantizers = [m for m in model.modules() if isinstance(m, QATQuantizer)]
     return convbn, quantizers
@@ -418,7 +423,12 @@ def qat_param_groups(model: nn.Module, *, weight_decay: float = 0.0,
 
 
 def freeze_bn(model: nn.Module) -> int:
-    """Switch every folded BatchNorm to running statistics now; returns how many."""
+    """Switch every folded BatchNorm to running statistics now; returns how many.
+
+    Example:
+        >>> freeze_bn(qat)  # e.g. after a few epochs, as seed 003 §3.1 does  # doctest: +SKIP
+        3
+    """
     convbn, _ = qat_layers(model)
     for module in convbn:
         module.freeze_bn()
@@ -426,7 +436,15 @@ def freeze_bn(model: nn.Module) -> int:
 
 
 def freeze_observers(model: nn.Module) -> int:
-    """Stop every fixed-scale quantizer from following the data now; returns how many."""
+    """Stop every fixed-scale quantizer from following the data now; returns how many.
+
+    Learned (LSQ) scales are parameters and keep learning; set their learning
+    rate to 0 (see `qat_param_groups`) to stop them.
+
+    Example:
+        >>> freeze_observers(qat)  # doctest: +SKIP
+        7
+    """
     _, quantizers = qat_layers(model)
     for quantizer in quantizers:
         quantizer.observer_frozen.fill_(True)
@@ -463,6 +481,9 @@ def finish_qat(model: nn.Module) -> nn.Module:
 
     Returns:
         The model in eval mode (or the new module when ``model`` itself was a Conv-BN).
+
+    Example:
+        >>> deployable = lowbit.convert(qat)  # calls finish_qat first  # doctest: +SKIP
     """
     convbn, quantizers = qat_layers(model)
     if not convbn and not quantizers:
@@ -482,7 +503,12 @@ def finish_qat(model: nn.Module) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside DistributedDataParallel / torch.compile wrappers."""
+    """The user's model inside DistributedDataParallel / torch.compile wrappers.
+
+    Example:
+        >>> unwrap(nn.parallel.DistributedDataParallel(qat)) is qat  # doctest: +SKIP
+        True
+    """
     while True:
         inner = getattr(model, "module", None)
         if not isinstance(inner, nn.Module):

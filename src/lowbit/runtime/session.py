@@ -35,7 +35,7 @@ def _ort():
 def session_options(*, threads: int | None = None, optimization: str = "all",
                     optimized_model_path: str | Path | None = None,
                     disabled_optimizers: Sequence[str] = (),
-                    int4_accuracy_level: int | None = None) -> Any:
+                    nbits_accuracy_level: int | None = 0) -> Any:
     """``onnxruntime.SessionOptions`` for CPU inference.
 
     Args:
@@ -44,11 +44,11 @@ def session_options(*, threads: int | None = None, optimization: str = "all",
             ``"extended"`` or ``"all"`` (the default, which fuses QDQ into integer kernels).
         optimized_model_path: where ONNX Runtime writes the graph it actually runs.
         disabled_optimizers: names of ONNX Runtime graph transformers to skip.
-        int4_accuracy_level: ONNX Runtime fuses blocked int4 DequantizeLinear → MatMul
-            into MatMulNBits with its default accuracy level 4, which quantizes the
-            activations to int8 on the fly (faster, approximate). 0 keeps float32
-            activations, computing exactly what a lowbit weight-only model simulates.
-            None leaves ONNX Runtime's default.
+        nbits_accuracy_level: ONNX Runtime fuses int4 / int8 weight-only DequantizeLinear →
+            MatMul into MatMulNBits; at its own default accuracy level (4) that kernel
+            quantizes the activations to int8 on the fly (faster, approximate). The
+            default here, 0, keeps float32 activations: exactly what a lowbit
+            weight-only model simulates. None leaves ONNX Runtime's default.
 
     Returns:
         The options object.
@@ -76,9 +76,9 @@ def session_options(*, threads: int | None = None, optimization: str = "all",
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     options.log_severity_level = 3  # errors only: ORT's warnings are about its own graph rewrites
-    if int4_accuracy_level is not None:
+    if nbits_accuracy_level is not None:
         options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level",
-                                         str(int(int4_accuracy_level)))
+                                         str(int(nbits_accuracy_level)))
     if disabled_optimizers:
         options.add_session_config_entry("optimization.disable_specified_optimizers",
                                          ",".join(disabled_optimizers))
@@ -88,12 +88,12 @@ def session_options(*, threads: int | None = None, optimization: str = "all",
 def session(model: str | Path | bytes, *, threads: int | None = None, optimization: str = "all",
             optimized_model_path: str | Path | None = None,
             providers: Sequence[str] = ("CPUExecutionProvider",),
-            int4_accuracy_level: int | None = None) -> Any:
+            nbits_accuracy_level: int | None = 0) -> Any:
     """An ONNX Runtime session for an exported model.
 
     Args:
         model: path of an ``.onnx`` file, or its bytes.
-        threads, optimization, optimized_model_path, int4_accuracy_level: see `session_options`.
+        threads, optimization, optimized_model_path, nbits_accuracy_level: see `session_options`.
         providers: execution providers, in order of preference.
 
     Returns:
@@ -109,7 +109,7 @@ def session(model: str | Path | bytes, *, threads: int | None = None, optimizati
     ort = _ort()
     options = session_options(threads=threads, optimization=optimization,
                               optimized_model_path=optimized_model_path,
-                              int4_accuracy_level=int4_accuracy_level)
+                              nbits_accuracy_level=nbits_accuracy_level)
     source = str(model) if isinstance(model, (str, Path)) else model
     if isinstance(model, (str, Path)) and not Path(model).is_file():
         raise RuntimeLayerError(f"no ONNX model at {model}; export one with lowbit.export.onnx")

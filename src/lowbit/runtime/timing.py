@@ -81,13 +81,14 @@ def time_session(sess: Any, inputs: Any, *, repeats: int = 20, warmup: int = 3) 
 
 
 def compare(candidates: Mapping[str, Callable[[], object]], *, repeats: int = 20,
-            warmup: int = 3) -> dict[str, Timing]:
+            warmup: int = 3, progress: bool = False) -> dict[str, Timing]:
     """Time several candidates round-robin, so that they share the machine's load.
 
     Args:
         candidates: name → zero-argument callable.
         repeats: timed rounds (each runs every candidate once).
         warmup: untimed rounds first.
+        progress: show a progress bar over the rounds (tqdm, when installed).
 
     Returns:
         name → `Timing`.
@@ -104,9 +105,19 @@ def compare(candidates: Mapping[str, Callable[[], object]], *, repeats: int = 20
         for fn in candidates.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
+    for _ in _rounds(repeats, progress):
         for name, fn in candidates.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: Timing(statistics.median(t), tuple(t), warmup) for name, t in times.items()}
+
+
+def _rounds(repeats: int, progress: bool):
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # progress is a nicety
+            return range(repeats)
+        return tqdm(range(repeats), desc="timing", unit="round", leave=False)
+    return range(repeats)
