@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from lowbit.errors import FormatError, ObserverError
 from lowbit.formats import INT8, UINT8
 from lowbit.observers import HistogramObserver
+from lowbit.observers import histogram as histogram_module
 from lowbit.observers.histogram import bin_counts, grid_for, regrid
 from lowbit.primitives.quantize import dequantize, quantize
 
@@ -275,3 +276,27 @@ def test_constructor_defaults_drive_compute_qparams():
         float(x.abs().quantile(0.99)), abs=float(obs.bin_edges()[1] - obs.bin_edges()[0]) * 2
     )
     assert lo == -hi
+
+
+def test_wide_bins_put_tiny_negatives_below_zero_like_numpy():
+    # Bins wider than 1 (e > 0): x * 2**-e underflows to -0.0 for tiny negative x, which
+    # still belongs to the bin below 0; an input -0.0 belongs to the bin of 0.
+    x = torch.tensor([-1e-45, -1e-40, -2.0**-140, -0.0, 0.0, 1e-45, -5e3, 5e3, -1.0, 3.0])
+    for absolute in (False, True):
+        obs = HistogramObserver(bins=64, absolute=absolute)
+        obs(x)
+        assert obs.grid()[0] > 0
+        counts, edges = obs.histogram()
+        np.testing.assert_array_equal(counts.numpy(), numpy_counts([x], edges, absolute))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_many_chunks_equal_numpy(dtype):
+    # Several CPU chunks and a short last one, in every input dtype.
+    n = 3 * histogram_module.CHUNK + 123
+    x = (data(11, n, 3.0, 0.5)).to(dtype)
+    obs = HistogramObserver()
+    obs(x)
+    counts, edges = obs.histogram()
+    assert int(counts.sum()) == n
+    np.testing.assert_array_equal(counts.numpy(), numpy_counts([x], edges))
