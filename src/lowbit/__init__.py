@@ -22,6 +22,7 @@ from lowbit.flows import (
     prepare_qat,
     qat_recipe,
     quantize,
+    to_integer,
 )
 from lowbit.recipes import QuantSpec, Recipe, Rule, list_presets, preset
 
@@ -53,4 +54,5 @@ __all__ = [
     "recipes",
     "report",
     "runtime",
+    "to_integer",
 ]

@@ -7,6 +7,7 @@ from lowbit.flows.bias_correction import correct_bias
 from lowbit.flows.calibrate import CalibrationError, calibrate, feed, run_batch
 from lowbit.flows.convert import convert
 from lowbit.flows.fuse import fuse
+from lowbit.flows.integer import to_integer
 from lowbit.flows.mixed_precision import MixedPrecisionError, MixedPrecisionResult, auto_mixed_precision
 from lowbit.flows.prepare import LowbitWarning, QuantState, prepare, quantizer_modules
 from lowbit.flows.qat import prepare_qat, qat_recipe
@@ -46,4 +47,5 @@ __all__ = [
     "save_qat_checkpoint",
     "smooth",
     "smoothing_factors",
+    "to_integer",
 ]
