@@ -225,11 +225,15 @@ def matmul_nbits(ed: GraphEditor, lowered: Lowered, accuracy_level: int = 0) -> 
         offset = (1 << (bits - 1)) if weight.fmt.signed else 0
         zp_u = zp.to(torch.int32) + offset
         # Padding of a short last block holds the zero point: it dequantizes to 0.
-        padded = zp_u.reshape(n, n_blocks, 1).expand(n, n_blocks, block).reshape(n, -1).clone()
-        padded[:, :k] = codes.to(torch.int32) + offset
+        padded = zp_u.to(torch.uint8).reshape(n, n_blocks, 1).expand(n, n_blocks, block)
+        padded = padded.reshape(n, -1).clone()
+        padded[:, :k] = (codes.to(torch.int16) + offset).to(torch.uint8)  # 0..2**bits - 1
         if bits == 4:
             blob = pack_codes(padded, 4).reshape(n, n_blocks, block // 2)
-            zp_packed = torch.stack([pack_codes(row, 4) for row in zp_u.reshape(n, n_blocks)])
+            # One byte-aligned row per output channel (an odd block count pads a 0 nibble):
+            # packed in one call, not row by row (the 49k-row lm_head of an LLM took minutes).
+            zp_rows = torch.nn.functional.pad(zp_u.reshape(n, n_blocks), (0, n_blocks % 2))
+            zp_packed = pack_codes(zp_rows, 4).reshape(n, -1)
         else:
             blob = padded.to(torch.uint8).reshape(n, n_blocks, block)
             zp_packed = zp_u.to(torch.uint8).reshape(n, n_blocks)

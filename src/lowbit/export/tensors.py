@@ -93,7 +93,7 @@ def codes_tensor(name: str, codes: Tensor, elem_type: int) -> TensorProto:
             raise ExportError(f"internal: codes of {name} do not fit ONNX type {elem_type}")
         return numpy_helper.from_array(values.numpy().astype(_NUMPY[elem_type]), name)
     if elem_type in (ONNX_TYPES["int4"], ONNX_TYPES["uint4"]):
-        raw = pack_codes(codes.detach().to(torch.int32), 4).numpy().tobytes()
+        raw = pack_codes(codes.detach(), 4).numpy().tobytes()
         return helper.make_tensor(name, elem_type, dims, raw, raw=True)
     if elem_type in FLOAT8_TYPES:
         data = codes.detach()
