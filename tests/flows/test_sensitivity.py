@@ -249,3 +249,20 @@ def test_non_finite_float_outputs_are_refused():
     data[1][0, 0] = math.inf
     with pytest.raises(LowbitError):
         analyze_sensitivity(model, preset("w8"), data, progress=False)
+
+
+def test_smoothing_recipes_are_probed_as_quantize_returns_them():
+    """The probe smooths like `quantize`: its all-quantized SQNR is the quantized model's own."""
+    from lowbit.flows.api import quantize
+    from lowbit.report.metrics import sqnr_db
+
+    model, data = activation_outlier(target=4), batches()
+    smoothed = preset("x86").with_(smooth_alpha=0.8)
+    result = analyze_sensitivity(model, smoothed, data, progress=False)
+    qmodel = quantize(model, smoothed, calibrate=data, progress=False)
+    with torch.no_grad():
+        ref = torch.cat([model(b) for b in data])
+        out = torch.cat([qmodel(b) for b in data])
+    assert abs(result.quantized_metric - sqnr_db(ref, out)) < 0.5
+    plain = analyze_sensitivity(model, preset("x86"), data, progress=False)
+    assert result.quantized_metric > plain.quantized_metric + 10  # smoothing is what the probe saw

@@ -33,6 +33,7 @@ from lowbit.errors import LowbitError
 from lowbit.flows.calibrate import CalibrationData, calibrate, run_batch
 from lowbit.flows.fuse import fuse
 from lowbit.flows.prepare import prepare, quantizer_modules
+from lowbit.flows.smooth import smooth
 from lowbit.nn.quantizer import Quantizer
 from lowbit.recipes import Recipe
 
@@ -209,7 +210,7 @@ def _collect_units(model: nn.Module) -> dict[str, Unit]:
 
 def make_probe(model: nn.Module, recipe: Recipe, data: CalibrationData, *,
                eval_fn: EvalFn | None = None, max_batches: int = 8, progress: bool = True) -> Probe:
-    """Fuse, prepare and calibrate a deep copy of ``model`` (not converted) for toggling.
+    """Fuse, prepare, smooth and calibrate a deep copy of ``model`` (not converted) for toggling.
 
     Args:
         model: the float model (left untouched).
@@ -255,6 +256,11 @@ def make_probe(model: nn.Module, recipe: Recipe, data: CalibrationData, *,
     fused = fuse(work) if recipe.fuse else []
     work = prepare(work, recipe)
     work.lowbit_state.fused = fused
+    if recipe.smooth_alpha is not None:
+        # as `quantize` does: without it the probe (and `auto_mixed_precision`'s search)
+        # would rank and evaluate the unsmoothed model, not the one `quantize` returns
+        smooth(work, data, recipe.smooth_alpha, max_batches=min(recipe.calibration_batches, 16),
+               progress=progress)
     calibrate(work, data, max_batches=recipe.calibration_batches, progress=progress)
     units = _collect_units(work)
     baseline = {id(q): q.mode for unit in units.values() for q in unit.quantizers.values()}
@@ -446,7 +452,8 @@ def analyze_sensitivity(model: nn.Module, recipe: Recipe, data: CalibrationData,
     """Per layer: the error when only that layer is quantized, and when all but it are.
 
     Works on a deep copy (``model`` is untouched): fuse (when ``recipe.fuse``) →
-    prepare → calibrate on ``data``; weights stay float so each layer's quantizers
+    prepare → smooth (when ``recipe.smooth_alpha``) → calibrate on ``data``, as
+    `quantize` does; weights stay float so each layer's quantizers
     (input, weight, output; the operands of functional add / matmul / cat) can be
     switched on and off. Costs two passes over ``max_batches`` batches (or two
     ``eval_fn`` calls) per layer.
