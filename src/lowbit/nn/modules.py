@@ -14,6 +14,7 @@ and the forward pass costs what the float one costs.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 
 import torch
@@ -24,6 +25,10 @@ from lowbit.errors import LowbitError
 from lowbit.nn.quantizer import Quantizer
 from lowbit.primitives.quantize import dequantize, quantize
 from lowbit.recipes.spec import LayerSpec, QuantSpec
+
+# module → (versions of its weight and weight parameters, fake-quantized weight). Outside
+# the module, so that deepcopy, pickling and state_dict never carry the cache along.
+_FAKE_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class QuantMixin:
@@ -68,7 +73,20 @@ class QuantMixin:
         quantizer = self.weight_quantizer
         if bool(self.converted) or quantizer is None or quantizer.mode != "quantize":
             return self.weight
-        return quantizer(self.weight)
+        if (torch.is_grad_enabled() and self.weight.requires_grad) or type(quantizer) is not Quantizer \
+                or quantizer.spec.rounding == "stochastic":
+            return quantizer(self.weight)  # training (the STE needs the graph), learned or random
+        # Calibration and evaluation run many batches through the same frozen weight:
+        # fake-quantize it once (a 30k-row embedding table cost more than the matmuls).
+        # Any in-place change to the weight or the parameters bumps a version counter.
+        key = (self.weight.data_ptr(), self.weight._version, quantizer.scale.data_ptr(),
+               quantizer.scale._version, quantizer.zero_point.data_ptr(), quantizer.zero_point._version,
+               quantizer.mode_code._version)
+        cached = _FAKE_WEIGHTS.get(self)
+        if cached is None or cached[0] != key:
+            cached = (key, quantizer(self.weight).detach())
+            _FAKE_WEIGHTS[self] = cached
+        return cached[1]
 
     def quantize_input(self, x: Tensor) -> Tensor:
         if self.smooth_factor is not None:
@@ -101,6 +119,7 @@ class QuantMixin:
         quantizer = self.weight_quantizer
         if quantizer is None or bool(self.converted):
             return
+        _FAKE_WEIGHTS.pop(self, None)
         if not bool(quantizer.frozen):
             quantizer.calibrate_weight(self.weight)
         p = quantizer.qparams()
