@@ -74,8 +74,10 @@ def run(cfg: Config) -> Section:
         with quiet(), Stopwatch() as t:
             q = lowbit.quantize(model, recipe, calibrate=calib_batches, progress=False)
         record("lowbit", name, logits(q), model_size_bytes(q), t.seconds)
-        notes.append(f"lowbit `{name}`: {recipe_text(recipe)}; {len(q.lowbit_state.functional)} "
-                     "residual adds quantized (the model traces with torch.fx)")
+        kinds = list(q.lowbit_state.functional.values())
+        notes.append(f"lowbit `{name}`: {recipe_text(recipe)}; {kinds.count('add')} residual adds and "
+                     f"{kinds.count('avgpool')} average pool input quantized "
+                     "(the model traces with torch.fx)")
 
     # torch.ao FX graph mode, x86 backend (fbgemm / oneDNN int8 kernels, real integer inference).
     from torch.ao.quantization import get_default_qconfig_mapping

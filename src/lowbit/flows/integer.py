@@ -33,7 +33,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from lowbit.nn.float_cast import FloatKept
-from lowbit.nn.functional import QuantAdd, QuantCat, QuantMatmul
+from lowbit.nn.functional import QuantAdd, QuantCat, QuantMatmul, QuantPool
 from lowbit.nn.integer import (
     AccScale,
     CodeParams,
@@ -80,7 +80,7 @@ class _Tracer(fx.Tracer):
     """Keeps lowbit's quantized layers as single call_module nodes."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (QuantMixin, QuantAdd, QuantCat, QuantMatmul, FloatKept, Quantizer)):
+        if isinstance(m, (QuantMixin, QuantAdd, QuantCat, QuantMatmul, QuantPool, FloatKept, Quantizer)):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -315,6 +315,8 @@ class _Builder:
             return self._add(node, module)
         if isinstance(module, QuantCat):
             return self._cat(node, module)
+        if isinstance(module, QuantPool):
+            return self._quant_pool(node, module)
         if isinstance(module, ALIAS_MODULES):
             return self.env[node.args[0]]
         if isinstance(module, (nn.ReLU, nn.ReLU6, nn.Hardtanh)):
@@ -440,6 +442,24 @@ class _Builder:
         pool = IntGlobalAvgPool(source, math.prod(shape[2:]), keepdim)
         new = self._module_node(pool, (x,), "int", node.name, "IntGlobalAvgPool")
         return _Val("acc", new, acc=pool.out_scale)
+
+    def _quant_pool(self, node: fx.Node, module: QuantPool) -> _Val:
+        """Global average pooling of the codes of the pool's input quantizer (ONNX
+        Runtime's QLinearGlobalAveragePool): the producing conv requantizes to them."""
+        pool = module.pool
+        if not isinstance(pool, POOL_MODULES) or not self._is_global(pool.output_size):
+            return self.fallback(node, f"{type(pool).__name__} is not a global average pool")
+        shape = _shape(node.args[0])
+        if shape is None or len(node.args) != 1 or node.kwargs:
+            return self.fallback(node, "pooling of a tensor of unknown shape")
+        try:
+            params = CodeParams.from_quantizer(module.input_quantizer, f"{node.target} input")
+        except IntegerError as err:
+            return self.fallback(node, str(err))
+        x = self.as_codes(self.env[node.args[0]], params)
+        int_pool = IntGlobalAvgPool(params, math.prod(shape[2:]), True)
+        new = self._module_node(int_pool, (x,), "int", node.target, "IntGlobalAvgPool")
+        return _Val("acc", new, acc=int_pool.out_scale)
 
     def _add(self, node: fx.Node, module: QuantAdd) -> _Val:
         """A residual join: quantized operands (``a_quantizer`` / ``b_quantizer``) are

@@ -16,12 +16,13 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.flows.fuse import FusedPair, set_submodule
 from lowbit.nn.float_cast import KEEP_FORMATS, FloatKept
-from lowbit.nn.functional import QuantAdd, QuantCat, QuantMatmul
+from lowbit.nn.functional import QuantAdd, QuantCat, QuantMatmul, QuantPool
 from lowbit.nn.modules import QUANTIZED_MODULES, quantized_version
 from lowbit.recipes.recipe import Recipe
 
@@ -33,6 +34,11 @@ class LowbitWarning(UserWarning):
 ADD_TARGETS = (operator.add, operator.iadd, torch.add)
 MATMUL_TARGETS = (operator.matmul, torch.matmul, torch.bmm)
 CAT_TARGETS = (torch.cat, torch.concat)
+# Average pooling, as a function (output size as the second argument) or as a module.
+POOL_FUNCTIONS = {F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+                  F.adaptive_avg_pool3d: nn.AdaptiveAvgPool3d}
+POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 
 
 @dataclass
@@ -58,7 +64,7 @@ def _is_tensor_node(arg) -> bool:
 
 
 def _quantize_functional(model: nn.Module, recipe: Recipe, state: QuantState) -> nn.Module:
-    """Trace ``model`` and route adds / matmuls / cats through quantizing modules."""
+    """Trace ``model`` and route adds / matmuls / cats / average pools through quantizing modules."""
     try:
         traced = torch.fx.symbolic_trace(model)
     except Exception as err:  # any tracing failure: module swap only
@@ -79,6 +85,8 @@ def _quantize_functional(model: nn.Module, recipe: Recipe, state: QuantState) ->
             kind, module_cls = "matmul", QuantMatmul
         elif node.target in CAT_TARGETS and node.args and isinstance(node.args[0], (list, tuple)):
             kind, module_cls = "cat", QuantCat
+        elif (pool := _pool_of(node)) is not None:
+            kind = "avgpool"
         if kind is None:
             continue
         state.functional_candidates.append(node.name)
@@ -88,9 +96,14 @@ def _quantize_functional(model: nn.Module, recipe: Recipe, state: QuantState) ->
         if spec is None or spec.input is None or spec.input.dynamic:
             continue
         name = f"lowbit_{node.name}"
-        traced.add_submodule(name, module_cls(spec.input, name))
+        if kind == "avgpool":
+            traced.add_submodule(name, QuantPool(spec.input, name, pool))
+        else:
+            traced.add_submodule(name, module_cls(spec.input, name))
         with graph.inserting_after(node):
-            if kind == "cat":
+            if kind == "avgpool":
+                new = graph.call_module(name, (node.args[0],))
+            elif kind == "cat":
                 dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
                 new = graph.call_module(name, (node.args[0], dim))
             else:
@@ -109,6 +122,32 @@ def _quantize_functional(model: nn.Module, recipe: Recipe, state: QuantState) ->
             traced.add_module(name, child)
     traced.train(model.training)
     return traced
+
+
+def _pool_of(node: torch.fx.Node) -> nn.Module | None:
+    """The pooling module equivalent to functional average pooling ``node``, else None.
+
+    Pooling modules are swapped for `QuantPool` like Linear / Conv (no graph needed).
+    """
+    if not node.args or not _is_tensor_node(node.args[0]):
+        return None
+    if node.op == "call_function" and node.target in POOL_FUNCTIONS:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        if len(node.args) + len(node.kwargs) != 2 or isinstance(size, torch.fx.Node) or size is None:
+            return None
+        return POOL_FUNCTIONS[node.target](size)
+    return None
+
+
+def _swap_pool(model: nn.Module, name: str, pool: nn.Module, recipe: Recipe, state: QuantState) -> None:
+    """Quantize an average-pooling module's input (static recipes that include ``avgpool``)."""
+    if recipe.mode != "static":
+        return
+    spec = recipe.layer_spec(name, "avgpool")
+    if spec is None or spec.keep is not None or spec.input is None or spec.input.dynamic:
+        return
+    set_submodule(model, name, QuantPool(spec.input, name, pool))
+    state.quantized[name] = type(pool).__name__
 
 
 def _has_own_parameters(module: nn.Module) -> bool:
@@ -151,6 +190,9 @@ def prepare(model: nn.Module, recipe: Recipe, *, graph: str = "auto") -> nn.Modu
         if not name or name.startswith("lowbit_"):
             continue
         type_name = type(module).__name__
+        if type(module) in POOL_MODULES:
+            _swap_pool(model, name, module, recipe, state)
+            continue
         if type(module) not in QUANTIZED_MODULES:
             if _has_own_parameters(module) and not isinstance(module, (FloatKept,)):
                 state.unsupported[name] = type_name

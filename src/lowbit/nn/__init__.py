@@ -6,7 +6,7 @@ Nothing here walks a model; `lowbit.flows` does that.
 from __future__ import annotations
 
 from lowbit.nn.float_cast import FloatKept
-from lowbit.nn.functional import QuantAdd, QuantCat, QuantMatmul
+from lowbit.nn.functional import QuantAdd, QuantCat, QuantMatmul, QuantPool
 from lowbit.nn.modules import (
     QUANTIZED_MODULES,
     QuantConv1d,
@@ -34,6 +34,7 @@ __all__ = [
     "QuantLinear",
     "QuantMatmul",
     "QuantMixin",
+    "QuantPool",
     "Quantizer",
     "build_observer",
     "quantized_version",

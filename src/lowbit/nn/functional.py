@@ -1,9 +1,9 @@
-"""Quantized stand-ins for operations that are not modules: matmul, add, cat.
+"""Quantized stand-ins for operations that are not modules: matmul, add, cat, average pooling.
 
 The flows layer swaps them into a traced graph (torch.fx) in place of
-``torch.matmul`` / ``operator.add`` / ``torch.cat`` calls, so that attention's
-activation × activation products and residual joins are quantized as the
-deployment runtime quantizes them.
+``torch.matmul`` / ``operator.add`` / ``torch.cat`` / average-pooling calls, so
+that attention's activation × activation products, residual joins and pooled
+features are quantized as the deployment runtime quantizes them.
 """
 
 from __future__ import annotations
@@ -79,3 +79,26 @@ class QuantCat(nn.Module):
                 self.shared_quantizer(t)
             return torch.cat(tensors, dim)
         return torch.cat([self.shared_quantizer(t) for t in tensors], dim)
+
+
+class QuantPool(nn.Module):
+    """Average pooling of a quantized input (``pool`` is the original pooling module).
+
+    ONNX Runtime runs ``DQ → GlobalAveragePool → Q`` as QLinearGlobalAveragePool,
+    and the layer feeding the pool (MobileNetV2's last 1x1 conv, the widest of the
+    network) can only run as an integer kernel when its output is quantized: it is
+    quantized here, at the pool's input. The pooled result is quantized where its
+    consumer (the classifier) quantizes it.
+    """
+
+    def __init__(self, spec: QuantSpec, name: str, pool: nn.Module) -> None:
+        super().__init__()
+        self.layer_name = name
+        self.input_quantizer = Quantizer(spec, f"{name}:input")
+        self.pool = pool
+
+    def quantizers(self) -> dict[str, Quantizer]:
+        return {"input": self.input_quantizer}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.input_quantizer(x))

@@ -36,10 +36,11 @@ from lowbit.recipes.spec import (
 __all__ = ["DEFAULT_MODULE_TYPES", "FILE_VERSION", "WEIGHT_ONLY_TYPES", "Recipe", "Rule"]
 
 DEFAULT_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "Embedding",
-                        "add", "cat", "matmul")
-# Lower-case types name operations, not modules: residual adds, concatenations and
-# activation x activation matmuls, quantized when the model traces with torch.fx.
-FUNCTIONAL_TYPES = ("add", "cat", "matmul")
+                        "add", "cat", "matmul", "avgpool")
+# Lower-case types name operations, not modules: residual adds, concatenations,
+# activation x activation matmuls and average pooling (functional or module),
+# quantized when the model traces with torch.fx.
+FUNCTIONAL_TYPES = ("add", "cat", "matmul", "avgpool")
 # An embedding's input is a tensor of indices and its output a table lookup:
 # only its weight can be quantized, whatever the recipe's mode.
 WEIGHT_ONLY_TYPES = ("Embedding",)
