@@ -6,7 +6,7 @@ import math
 import textwrap
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lowbit.recipes import PRESETS, QuantSpec, Recipe, RecipeError, Rule
@@ -162,6 +162,7 @@ flat = st.dictionaries(keys, scalars | st.lists(scalars, max_size=3), max_size=4
 
 @settings(max_examples=150, deadline=None)
 @given(top=flat, table=flat, items=st.lists(flat, max_size=3))
+@example(top={}, table={"0\n": False}, items=[])  # a key ending in a newline once passed as bare
 def test_toml_emitter_round_trips(top, table, items):
     data = {**top, "tbl": table}
     if items and all(items):

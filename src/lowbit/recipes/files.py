@@ -30,7 +30,7 @@ except ImportError:
     _toml_writer = None
 
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: "$" would accept a trailing newline
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
             "\r": "\\r"}
 
@@ -133,7 +133,7 @@ def _toml_string(text: str) -> str:
 
 def _toml_key(key: Any) -> str:
     key = str(key)
-    return key if _BARE_KEY.match(key) else _toml_string(key)
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
 
 
 def _toml_value(value: Any) -> str:
