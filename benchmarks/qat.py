@@ -240,14 +240,15 @@ def mobilenet(data: Data, args: argparse.Namespace) -> dict[str, Any]:
     calib = [transform(b[:64]) for b in data.calib[:4]]
     rows = {"FP32": _accuracy(model, data.curve_x, data.curve_y, transform)}
     mb_args.lr = 1e-4
+    qat_steps = args.mobilenet_qat_steps or args.mobilenet_steps
     control = copy.deepcopy(model)  # the QAT budget spent on float training: extra training alone
-    train(control, data, mb_args, steps=args.mobilenet_steps, transform=transform)
+    train(control, data, mb_args, steps=qat_steps, transform=transform)
     rows["FP32 + QAT budget"] = _accuracy(control, data.curve_x, data.curve_y, transform)
-    for config in ("W8A8", "W4A8", "W4A4"):
+    for config in args.mobilenet_configs.split(","):
         ptq = lowbit.quantize(model, recipe_for(config), calibrate=calib, progress=False)
         qat = lowbit.prepare_qat(model, recipe_for(config), calibrate=calib,
-                                 freeze_bn_after=args.mobilenet_steps // 2)
-        train(qat, data, mb_args, steps=args.mobilenet_steps, transform=transform)
+                                 freeze_bn_after=qat_steps // 2)
+        train(qat, data, mb_args, steps=qat_steps, transform=transform)
         rows[f"{config} PTQ"] = _accuracy(ptq, data.curve_x, data.curve_y, transform)
         rows[f"{config} QAT"] = _accuracy(lowbit.convert(qat), data.curve_x, data.curve_y, transform)
     result["accuracy"] = rows
@@ -364,12 +365,13 @@ def mobilenet_markdown(mobile: dict[str, Any], args: argparse.Namespace, images:
         md.append(" Skipped by default (see qat_mobilenet.md for a run with --mobilenet).\n")
         return "".join(md)
     acc = mobile["accuracy"]
-    md.append(f" This run: {args.mobilenet_steps} fine-tuning steps, then {args.mobilenet_steps} "
-              f"QAT steps per configuration; accuracy on the first {images} test images.\n\n")
+    md.append(f" This run: {args.mobilenet_steps} fine-tuning steps, then "
+              f"{args.mobilenet_qat_steps or args.mobilenet_steps} QAT steps per configuration; "
+              f"accuracy on the first {images} test images.\n\n")
     md.append(markdown_table(
         ["config", "FP32 (fine-tuned)", "FP32 + QAT budget", "PTQ", "QAT", "QAT − FP32"],
         [[c, acc["FP32"], acc["FP32 + QAT budget"], acc[f"{c} PTQ"], acc[f"{c} QAT"],
-          acc[f"{c} QAT"] - acc["FP32"]] for c in ("W8A8", "W4A8", "W4A4")]))
+          acc[f"{c} QAT"] - acc["FP32"]] for c in args.mobilenet_configs.split(",")]))
     return "".join(md)
 
 
@@ -391,6 +393,10 @@ def main() -> None:
     parser.add_argument("--mobilenet-only", action="store_true", help="only the MobileNetV2 part")
     parser.add_argument("--mobilenet-steps", type=int, default=300)
     parser.add_argument("--mobilenet-size", type=int, default=64)
+    parser.add_argument("--mobilenet-qat-steps", type=int, default=0,
+                        help="QAT (and float control) steps; 0: as many as --mobilenet-steps")
+    parser.add_argument("--mobilenet-configs", default="W8A8,W4A8,W4A4", help="comma-separated")
+    parser.add_argument("--tag", default="", help="suffix of the MobileNetV2 result files")
     parser.add_argument("--quick", action="store_true", help="smoke run (tiny budgets)")
     args = parser.parse_args()
     args.mobilenet = args.mobilenet or args.mobilenet_only
@@ -417,7 +423,7 @@ def main() -> None:
         md = "# QAT on MobileNetV2\n" + mobilenet_markdown(mobile, args, len(data.curve_y))
         seconds = time.perf_counter() - start
         md += f"\nTotal time {seconds / 60:.1f} min.\n"
-        paths = write_results("qat_mobilenet", {"machine": machine(), "args": vars(args),
+        paths = write_results(f"qat_mobilenet{args.tag}", {"machine": machine(), "args": vars(args),
                                                 "mobilenet_v2": mobile, "total_seconds": seconds}, md)
         print(md)
         print(f"wrote {paths[0]} and {paths[1]}")
