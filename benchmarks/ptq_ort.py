@@ -10,6 +10,7 @@ activations (S8S8, ORT's recommended default), once per calibration method.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import warnings
@@ -32,7 +33,8 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: Path, input_names: Se
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17,
+        # a copy: tracing a transformers model for export can leave it computing something else
+        torch.onnx.export(copy.deepcopy(model), args, str(path), dynamo=False, opset_version=17,
                           input_names=list(input_names), output_names=list(output_names),
                           dynamic_axes=dynamic_axes)
     return path
