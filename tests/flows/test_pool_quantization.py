@@ -90,3 +90,11 @@ def test_checkpoint_round_trip_rebuilds_the_quantized_pool(functional, tmp_path)
     x = _data()[2]
     with torch.no_grad():
         assert torch.equal(qmodel(x), loaded(x))
+
+
+def test_preparing_twice_does_not_wrap_a_pool_again():
+    from lowbit.flows import prepare
+
+    model = prepare(PoolNet(functional=False).eval(), preset("x86"))
+    again = prepare(model, preset("x86"))
+    assert sum(isinstance(m, QuantPool) for m in again.modules()) == 1

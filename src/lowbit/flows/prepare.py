@@ -186,12 +186,14 @@ def prepare(model: nn.Module, recipe: Recipe, *, graph: str = "auto") -> nn.Modu
     elif recipe.mode != "static":
         state.graph_note = f"{recipe.mode} mode: adds and activation matmuls stay float"
 
+    wrapped_pools = {id(m.pool) for m in model.modules() if isinstance(m, QuantPool)}  # already quantized
     for name, module in list(model.named_modules()):
         if not name or name.startswith("lowbit_"):
             continue
         type_name = type(module).__name__
         if type(module) in POOL_MODULES:
-            _swap_pool(model, name, module, recipe, state)
+            if id(module) not in wrapped_pools:
+                _swap_pool(model, name, module, recipe, state)
             continue
         if type(module) not in QUANTIZED_MODULES:
             if _has_own_parameters(module) and not isinstance(module, (FloatKept,)):
