@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 import lowbit
 from helpers.export_models import MLP, SmallResNet, calibration_batches, trained_classifier
 from lowbit.export import CheckpointError, load_checkpoint, load_quantized, read_checkpoint, save_checkpoint
+from lowbit.export.checkpoint import _unpacked_json
 from lowbit.flows import fuse, prepare
 from lowbit.recipes import QuantSpec, Recipe, Rule, preset
 
@@ -50,7 +51,8 @@ def test_low_bit_codes_are_packed_and_restored_exactly(model, tmp_path):
     qmodel = lowbit.quantize(model, WEIGHT_ONLY["int2-channel"], progress=False)
     path = save_checkpoint(qmodel, tmp_path / "m.safetensors")
     state, meta = read_checkpoint(path)
-    packed = json.loads(meta["codec"])["packed"]
+    assert meta["codec"].startswith("z:")  # compressed index (format 3)
+    packed = _unpacked_json(meta["codec"])["packed"]
     assert packed["fc.weight_codes"]["bits"] == 2
     from safetensors import safe_open
 
@@ -132,6 +134,23 @@ def _with_metadata(src, dst, change):
     raw += b" " * ((8 - len(raw) % 8) % 8)
     dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
     return dst
+
+
+def test_format_2_files_with_plain_json_indexes_still_load(model, saved, tmp_path):
+    def as_format_2(meta):
+        meta.update(format_version="2", codec=json.dumps(_unpacked_json(meta["codec"])),
+                    quantizers=json.dumps(_unpacked_json(meta["quantizers"])))
+
+    old = _with_metadata(saved, tmp_path / "v2.safetensors", as_format_2)
+    x = calibration_batches(1)[0]
+    with torch.no_grad():
+        assert torch.equal(load_quantized(model, old)(x), load_quantized(model, saved)(x))
+
+
+def test_damaged_compressed_index_is_a_clear_error(saved, tmp_path):
+    path = _with_metadata(saved, tmp_path / "z.safetensors", lambda m: m.update(codec="z:AAAA"))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        read_checkpoint(path)
 
 
 def test_newer_format_version(saved, tmp_path):

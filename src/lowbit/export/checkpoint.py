@@ -18,9 +18,11 @@ state; its outputs equal the saved model's bit for bit.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from torch import nn
 from lowbit.errors import LowbitError
 from lowbit.export.state_codec import checksum, decode_state, encode_state
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: codec and quantizer index zlib-compressed (2 wrote them as plain JSON)
 MAGIC = "lowbit"
 STATE_FIELDS = ("quantized", "kept", "excluded", "unsupported", "functional", "graph_note",
                 "disabled", "bias_corrected")
@@ -86,13 +88,30 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
         "recipe": json.dumps(state.recipe.to_dict()) if state is not None else "{}",
         "graph": "auto" if state is not None and state.functional else "never",
         "state": json.dumps(_state_summary(state)) if state is not None else "{}",
-        "quantizers": json.dumps(_quantizer_specs(model), separators=(",", ":")),
-        "codec": json.dumps(codec, separators=(",", ":")),
+        "quantizers": _packed_json(_quantizer_specs(model)),
+        "codec": _packed_json(codec),
         "checksum": checksum(tensors),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
     return path
+
+
+def _packed_json(value: Any) -> str:
+    """Compact JSON, zlib-compressed and base64-encoded behind a ``z:`` prefix.
+
+    The codec names every elided all-zero buffer: for a 53-layer MobileNetV2 that
+    index was 55 KB of plain JSON, 1.5 % of the int8 checkpoint.
+    """
+    raw = json.dumps(value, separators=(",", ":")).encode()
+    return "z:" + base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
+
+
+def _unpacked_json(text: str) -> Any:
+    """Inverse of `_packed_json`; plain JSON (format 2 files) passes through."""
+    if text.startswith("z:"):
+        return json.loads(zlib.decompress(base64.b64decode(text[2:], validate=True)))
+    return json.loads(text)
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -140,8 +159,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"{path} is corrupted: its tensors do not match the checksum written "
                               "with them. Write the checkpoint again")
     try:
-        state = decode_state(tensors, json.loads(metadata.get("codec", "{}")))
-    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        state = decode_state(tensors, _unpacked_json(metadata.get("codec", "{}")))
+    except (ValueError, KeyError, TypeError, RuntimeError, zlib.error) as err:
         raise CheckpointError(f"{path} is corrupted: cannot unpack it ({err}); write it again") from err
     return state, metadata
 
@@ -247,7 +266,7 @@ def load_quantized(model_fp32: nn.Module, path: str | Path, *, inplace: bool = F
         raise CheckpointError(f"{path} was written for another model: its recipe selects nothing "
                               f"here ({err})") from err
     _weight_shapes_fit(model, state, path)
-    _add_recorded_quantizers(model, json.loads(metadata.get("quantizers", "{}")))
+    _add_recorded_quantizers(model, _unpacked_json(metadata.get("quantizers", "{}")))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
