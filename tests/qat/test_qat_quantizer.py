@@ -173,7 +173,10 @@ def test_training_recovers_after_the_scale_collapses(collapse):
         sgd = torch.optim.SGD([q_in.scale], lr=1e6)
         _regression(q_in, layer, x, y, sgd, 3)
     collapsed = _regression(q_in, layer, x, y, opt, 1)[0]
-    after = _regression(q_in, layer, x, y, opt, 250)
+    # The huge step throws the scale to the floor or to the ceiling (which one depends on
+    # the sign of a near-zero gradient, i.e. on float summation order and thread count);
+    # from the ceiling, Adam at lr 0.02 needs ~400 steps to walk back.
+    after = _regression(q_in, layer, x, y, opt, 600)
     assert all(math.isfinite(v) for v in [collapsed, *after])
     assert int(q_in.recoveries) >= 1
     assert 0 < float(q_in.scale.detach()) < math.inf
