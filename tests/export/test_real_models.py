@@ -30,6 +30,7 @@ def test_fashion_cnn_runs_in_integers_and_agrees_with_the_simulation(tmp_path):
     with torch.no_grad():
         ref = torch.cat([qmodel(b) for b in test.split(2000)]).numpy()
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.999  # 10,000 test images
+    _assert_integer_model_is_the_runtime(qmodel, test, out)
     ops = runtime.optimized_ops(path)
     assert ops["QLinearConv"] == 3 and ops["QGemm"] == 2, ops
     assert ops["Conv"] == ops["FusedConv"] == ops["Gemm"] == 0, ops  # nothing left in float
@@ -65,3 +66,14 @@ def test_mobilenet_v2_runs_in_integers_and_tracks_the_simulation(tmp_path):
     # agrees with itself under such noise; ONNX Runtime must be within that floor.
     floor = (noisy.argmax(1) != ref.argmax(1)).mean()
     assert (out.argmax(1) != ref.argmax(1)).mean() <= 2 * floor + 0.05
+    # The integer-only simulation reproduces the runtime's arithmetic instead: same top-1 on
+    # every crop, logits equal up to the float rounding of the last dequantization.
+    _assert_integer_model_is_the_runtime(qmodel, images, out)
+
+
+def _assert_integer_model_is_the_runtime(qmodel, x: torch.Tensor, ort_out: np.ndarray) -> None:
+    imodel = lowbit.to_integer(qmodel, x[:1], requant="float")
+    with torch.no_grad():
+        ours = torch.cat([imodel(b) for b in x.split(500)]).numpy()
+    assert (ours.argmax(1) == ort_out.argmax(1)).all()
+    assert np.abs(ours - ort_out).max() <= 1e-5 * np.abs(ort_out).max()

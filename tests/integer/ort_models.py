@@ -1,4 +1,4 @@
-"""One-node ONNX Runtime models of the integer kernels: QLinearConv and QLinearMatMul.
+"""One-node ONNX Runtime models of the integer kernels: QLinearConv, QLinearMatMul, QLinearAdd.
 
 Each takes integer codes, scales and zero points exactly as lowbit's integer
 layers hold them, so their outputs can be compared element for element.
@@ -19,20 +19,22 @@ def _init(name: str, value) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def _run(nodes, x: np.ndarray, inits, output_type: int) -> np.ndarray:
+def _run(nodes, x: np.ndarray | dict[str, np.ndarray], inits, output_type: int) -> np.ndarray:
+    feeds = x if isinstance(x, dict) else {"x": x}
     graph = helper.make_graph(
         nodes, "g",
-        [helper.make_tensor_value_info("x", ONNX_INT[x.dtype], list(x.shape))],
+        [helper.make_tensor_value_info(k, ONNX_INT[v.dtype], list(v.shape)) for k, v in feeds.items()],
         [helper.make_tensor_value_info("y", output_type, None)],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 10
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
+    return session.run(None, feeds)[0]
 
 
 def qlinear_conv(x: np.ndarray, x_scale: float, x_zp: int, w: np.ndarray, w_scale: np.ndarray,
@@ -69,3 +71,17 @@ def qlinear_matmul(x: np.ndarray, x_scale: float, x_zp: int, w_t: np.ndarray, w_
     ]
     node = helper.make_node("QLinearMatMul", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
     return _run([node], x, inits, ONNX_INT[np.dtype(y_dtype)])
+
+
+def qlinear_add(a: np.ndarray, a_scale: float, a_zp: int, b: np.ndarray, b_scale: float, b_zp: int,
+                c_scale: float, c_zp: int) -> np.ndarray:
+    """ONNX Runtime's QLinearAdd (com.microsoft) of two same-shaped code tensors of one dtype."""
+    dtype = a.dtype
+    inits = [
+        _init("as", np.float32(a_scale)), _init("az", np.array(a_zp, dtype)),
+        _init("bs", np.float32(b_scale)), _init("bz", np.array(b_zp, dtype)),
+        _init("cs", np.float32(c_scale)), _init("cz", np.array(c_zp, dtype)),
+    ]
+    node = helper.make_node("QLinearAdd", ["a", "as", "az", "b", "bs", "bz", "cs", "cz"], ["y"],
+                            domain="com.microsoft")
+    return _run([node], {"a": a, "b": b}, inits, ONNX_INT[dtype])

@@ -103,10 +103,18 @@ def test_offset_folds_bias_and_zero_point_terms():
     assert lin.offset.tolist() == [8 - 8 + 24]
 
 
-def test_bias_rounds_half_to_even_in_float32():
+def test_bias_rounds_half_to_even():
     codes = quantize_bias(torch.tensor([0.25, 0.75, -0.25]), 0.5, torch.tensor([1.0, 1.0, 1.0]))
     assert codes.tolist() == [0, 2, 0]
     assert codes.dtype == torch.int32
+
+
+def test_bias_codes_are_the_integers_nearest_the_real_quotient():
+    # b / s = 1330664.5305...: a float32 division lands on the tie 1330664.5 and rounds
+    # to even (1330664); the nearest integer is 1330665, and the ONNX export writes it too.
+    bias, scale = 4.562938690185547, 3.429067646720796e-06
+    assert float(torch.round(torch.tensor(bias) / torch.tensor(scale))) == 1330664
+    assert quantize_bias(torch.tensor([bias]), 1.0, torch.tensor([scale])).tolist() == [1330665]
 
 
 def test_bias_overflow_is_an_error():

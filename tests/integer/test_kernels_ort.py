@@ -1,4 +1,4 @@
-"""requant="float": IntConv2d / IntLinear outputs equal ONNX Runtime's QLinearConv / QLinearMatMul.
+"""requant="float": integer layers equal ONNX Runtime's QLinearConv / QLinearMatMul / QLinearAdd.
 
 The issue's bar is ≥ 99.99 % equal elements and no difference above 1; the
 float multiplier is computed as ORT computes it ((s_x · s_w) / s_y in float32)
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from integer.ort_models import qlinear_conv, qlinear_matmul
+from integer.ort_models import qlinear_add, qlinear_conv, qlinear_matmul
 from lowbit.nn.integer import CodeParams, IntConv2d, IntLinear, OutputStage, along
+from lowbit.nn.integer_ops import IntAdd
 from lowbit.nn.integer_overflow import avx2_u8s8_saturation
 
 ACT = {"int8": (torch.int8, -128, 127), "uint8": (torch.uint8, 0, 255)}
@@ -116,3 +117,81 @@ def test_many_elements_against_ort():
                        y_params.scale, y_params.zero_point, np.int8, conv.bias_codes.numpy(),
                        pads=(1, 1, 1, 1))
     _compare(conv(x), ref)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return {f for line in info if line.startswith("flags") for f in line.split(":")[1].split()}
+    except OSError:
+        return set()
+
+
+# ONNX Runtime picks its QLinearAdd kernel by CPU: the AVX2 one (two FMAs) is what
+# IntAdd's float mode reproduces; SSE2 and NEON machines round differently at near-ties.
+needs_avx2 = pytest.mark.skipif(not {"avx2", "fma"} <= _cpu_flags(),
+                                reason="IntAdd(float) follows ONNX Runtime's x86 AVX2 QLinearAdd kernel")
+
+
+def _add_params(gen: np.random.Generator, act: str, contracted_matters: bool):
+    """Random QLinearAdd parameters; with ``contracted_matters`` only sets where MLAS's
+    FMA-contracted constant ``z_c − fma(r_ac, z_a, r_bc·z_b)`` differs from the plain one
+    (zero points as the kernel sees them: uint8, see `_ort_add`)."""
+    _, lo, hi = ACT[act]
+    shift = 128 if act == "int8" else 0
+    f32 = np.float32
+    while True:
+        sa, sb, sc = (float(f32(v)) for v in gen.uniform(0.004, 0.06, 3))
+        za, zb, zc = (int(v) for v in gen.integers(lo, hi + 1, 3))
+        r_ac, r_bc = f32(f32(sa) / f32(sc)), f32(f32(sb) / f32(sc))
+        plain = f32(f32(r_ac * f32(za + shift)) + f32(r_bc * f32(zb + shift)))
+        fused = f32(np.float64(r_ac) * (za + shift) + np.float64(f32(r_bc * f32(zb + shift))))
+        if not contracted_matters or plain != fused:
+            return sa, za, sb, zb, sc, zc
+
+
+def _ort_add(a: torch.Tensor, b: torch.Tensor, sa, za, sb, zb, sc, zc) -> np.ndarray:
+    """QLinearAdd as ONNX Runtime runs it inside an exported QDQ graph on x86: int8
+    graphs are rewritten to uint8 (codes and zero points + 128) before the kernel runs."""
+    if a.dtype == torch.uint8:
+        return qlinear_add(a.numpy(), sa, za, b.numpy(), sb, zb, sc, zc)
+    up = [(t.to(torch.int16) + 128).to(torch.uint8).numpy() for t in (a, b)]
+    out = qlinear_add(up[0], sa, za + 128, up[1], sb, zb + 128, sc, zc + 128)
+    return out.astype(np.int16) - 128
+
+
+@needs_avx2
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("contracted_matters", [False, True])
+def test_int_add_equals_qlinearadd_on_every_code_pair(act, contracted_matters):
+    dtype, lo, hi = ACT[act]
+    grid = torch.arange(lo, hi + 1)
+    a, b = (t.reshape(-1).to(dtype) for t in torch.meshgrid(grid, grid, indexing="ij"))
+    gen = np.random.default_rng(11 if contracted_matters else 5)
+    for _ in range(4):
+        sa, za, sb, zb, sc, zc = _add_params(gen, act, contracted_matters)
+        pa, pb, pc = CodeParams(sa, za, act), CodeParams(sb, zb, act), CodeParams(sc, zc, act)
+        ours = IntAdd(pa, pb, OutputStage.plain(pc), mode="float")(a, b)
+        ref = _ort_add(a, b, sa, za, sb, zb, sc, zc)
+        assert np.array_equal(ours.numpy(), ref), f"{int((ours.numpy() != ref).sum())} of 65536 differ"
+
+
+@needs_avx2
+def test_textbook_add_formula_misses_near_ties_that_int_add_gets():
+    # Why IntAdd mirrors MLAS instead of round(((a−za)·sa + (b−zb)·sb) / sc) + zc:
+    # across many parameter sets the textbook formula disagrees with ONNX Runtime
+    # in some codes, while IntAdd never does.
+    gen = np.random.default_rng(3)
+    grid = torch.arange(256)
+    a, b = (t.reshape(-1).to(torch.uint8) for t in torch.meshgrid(grid, grid, indexing="ij"))
+    textbook_misses = 0
+    for _ in range(12):
+        sa, za, sb, zb, sc, zc = _add_params(gen, "uint8", False)
+        ref = qlinear_add(a.numpy(), sa, za, b.numpy(), sb, zb, sc, zc)
+        real = ((a.double() - za) * sa + (b.double() - zb) * sb) / sc
+        textbook = (torch.round(real) + zc).clamp(0, 255).numpy()
+        textbook_misses += int((textbook != ref).sum())
+        params = [CodeParams(s, z, "uint8") for s, z in ((sa, za), (sb, zb), (sc, zc))]
+        ours = IntAdd(params[0], params[1], OutputStage.plain(params[2]), mode="float")(a, b)
+        assert np.array_equal(ours.numpy(), ref)
+    assert textbook_misses > 0

@@ -27,9 +27,9 @@ from lowbit.export.pack import pack_codes
 from lowbit.export.qdq import Lowered, WeightDQ
 from lowbit.export.tensors import FLOAT8_TYPES, codes_tensor, scale_tensor, zero_point_tensor
 from lowbit.formats.qformat import ONNX_TYPES
+from lowbit.nn.integer import AccumulatorOverflowError, quantize_bias
 
 INT8_TYPES = (ONNX_TYPES["int8"], ONNX_TYPES["uint8"])
-INT32_MAX = 2**31 - 1
 
 
 def _attr(node, name: str, default=None):
@@ -83,10 +83,11 @@ def quantize_biases(ed: GraphEditor, lowered: Lowered) -> int:
         bias_scale = (act.scale.float() * weight.scale.float()).reshape(-1)
         if bias_scale.numel() == 1:
             bias_scale = bias_scale.expand(bias.shape[0]).contiguous()
-        codes = np.round(bias.astype(np.float64) / bias_scale.double().numpy())
-        if np.abs(codes).max(initial=0) > INT32_MAX or not np.isfinite(codes).all():
-            continue
-        q = ed.add_initializer(numpy_helper.from_array(codes.astype(np.int32), f"{weight.layer}_bias_q"))
+        try:  # the integer model's own bias codes, so the two stay equal
+            codes = quantize_bias(torch.tensor(bias), 1.0, bias_scale, weight.layer).numpy()
+        except AccumulatorOverflowError:
+            continue  # the float bias stays; ONNX Runtime then runs this layer unfused
+        q = ed.add_initializer(numpy_helper.from_array(codes, f"{weight.layer}_bias_q"))
         s = ed.add_initializer(scale_tensor(f"{weight.layer}_bias_scale", bias_scale))
         z = ed.constant("bias_zero_point", np.zeros(bias.shape[0], np.int32))
         dq = ed.node("DequantizeLinear", [q, s, z], name=f"{weight.layer}_bias_DequantizeLinear", axis=0)

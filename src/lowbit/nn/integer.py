@@ -272,10 +272,13 @@ def check_codes(x: Tensor, params: CodeParams, where: str) -> None:
 
 
 def quantize_bias(bias: Tensor, input_scale: float, weight_scale: Tensor, where: str = "") -> Tensor:
-    """Bias → int32 codes with scale ``s_x · s_w`` (float32, round half to even).
+    """Bias → int32 codes with scale ``s_x · s_w`` (round half to even); zero point 0.
 
-    This is ONNX Runtime's ``quantize_bias_static``: ``round(b / (s_x · s_w))``
-    in float32; the zero point is 0.
+    The scale is the float32 product ``s_x · s_w`` that the exported graph stores
+    as the bias scale; the quotient ``b / scale`` is taken in float64, so each code
+    is the integer nearest the real quotient (a float32 quotient can land on the
+    wrong side of a half for large codes). ONNX export writes these same codes,
+    which is what keeps the integer model equal to ONNX Runtime's QLinearConv.
 
     Raises:
         AccumulatorOverflowError: a code does not fit int32.
@@ -285,7 +288,7 @@ def quantize_bias(bias: Tensor, input_scale: float, weight_scale: Tensor, where:
         [6, -1000]
     """
     bias_scale = torch.tensor(input_scale, dtype=torch.float32) * weight_scale.float()
-    q = torch.round(bias.detach().float() / bias_scale).double()
+    q = torch.round(bias.detach().double() / bias_scale.double())
     if q.numel() and (not bool(torch.isfinite(q).all()) or float(q.abs().max()) > INT32_MAX):
         raise AccumulatorOverflowError(
             f"{where or 'layer'}: the bias does not fit int32 with scale s_in * s_w (largest "
