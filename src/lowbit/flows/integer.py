@@ -553,7 +553,9 @@ def to_integer(qmodel: nn.Module, example_input: Tensor | tuple, *,
         example_input: a batch (or a tuple of inputs) the model accepts; it fixes
             the shapes (e.g. the pooled size) and runs once through the result.
         requant: ``"fixed_point"`` (gemmlowp / TFLite integer multiplier and
-            shift) or ``"float"`` (ONNX Runtime's float32 multiplier).
+            shift) or ``"float"`` (ONNX Runtime's float32 multipliers and its x86
+            QLinearAdd: the model then computes exactly what ONNX Runtime computes
+            for ``lowbit.export.onnx(qmodel, ...)``, every intermediate code equal).
 
     Returns:
         `IntegerModel`; ``.report()`` lists which ops ran in integers and where
