@@ -156,3 +156,26 @@ def test_bias_correction_reduces_the_mean_output_shift():
     shift_corrected = (ref - corrected(x)).mean(0).abs().mean()
     assert shift_corrected < shift_plain * 0.5
     assert corrected.lowbit_state.bias_corrected == ["0", "2"]
+
+
+class _Annotated(nn.Module):
+    """Type hints on forward, which this file's ``from __future__ import annotations`` makes strings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y + y.relu()
+
+
+def test_quantized_model_survives_torch_save_and_load(tmp_path):
+    model = _Annotated().eval()
+    data = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    qmodel = lowbit.quantize(model, "x86", calibrate=data, progress=False)
+    assert qmodel.lowbit_state.functional  # traced: the add is quantized
+    torch.save(qmodel, tmp_path / "q.pt")
+    loaded = torch.load(tmp_path / "q.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(data[0]), qmodel(data[0]))
