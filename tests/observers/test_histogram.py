@@ -16,6 +16,7 @@ from lowbit.formats import INT8, UINT8
 from lowbit.observers import HistogramObserver
 from lowbit.observers import histogram as histogram_module
 from lowbit.observers.histogram import bin_counts, grid_for, regrid
+from lowbit.primitives import kernels
 from lowbit.primitives.quantize import dequantize, quantize
 
 
@@ -139,6 +140,11 @@ def test_regrid_moves_whole_bins():
     assert out.tolist() == [3 + 0 + 5, 7 + 1 + 0 + 0, 2, 0, 0, 0, 0, 0]
     with pytest.raises(ObserverError):
         regrid(counts, (2, 0), (0, 0))
+    # the same width: a shift by whole bins, onto a grid of another length
+    assert regrid(counts, (0, -3), (0, -4), bins=10).tolist() == [0, 3, 0, 5, 7, 1, 0, 0, 2, 0]
+    assert regrid(counts, (0, -3), (0, -3), bins=8).tolist() == counts.tolist()
+    with pytest.raises(ObserverError, match="drop"):
+        regrid(counts, (0, -3), (0, -2))  # the first bin's 3 would fall off
 
 
 def test_bin_counts_matches_numpy_on_grid_edges():
@@ -291,8 +297,10 @@ def test_wide_bins_put_tiny_negatives_below_zero_like_numpy():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
-def test_many_chunks_equal_numpy(dtype):
-    # Several CPU chunks and a short last one, in every input dtype.
+def test_many_chunks_equal_numpy(monkeypatch, dtype):
+    # Several CPU chunks of the torch path (the numba kernel is tested in
+    # tests/primitives/test_kernels.py) and a short last one, in every input dtype.
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
     n = 3 * histogram_module.CHUNK + 123
     x = (data(11, n, 3.0, 0.5)).to(dtype)
     obs = HistogramObserver()

@@ -100,12 +100,12 @@ class Observer(nn.Module):
             return
         x = x.detach()
         self._check_shape(x)
-        axis, block = onnx_layout(x.shape, self.granularity)
-        lo, hi = reduce_minmax(x, axis, block)
+        lo, hi = self._reduce(x)
         if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
             check_finite(x, f"{type(self).__name__} input")
+        wide = lo.dtype == torch.float64  # only float64 can round outwards past float32's range
         lo, hi = _float32_outward(lo, hi)
-        if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
+        if wide and not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
             raise InputError(
                 f"{type(self).__name__} input has values beyond float32's range "
                 f"(min {float(lo.min()):g}, max {float(hi.max()):g}); scale the tensor down first"
@@ -113,7 +113,7 @@ class Observer(nn.Module):
         if not self.has_data:
             self.input_shape = torch.tensor(tuple(x.shape), dtype=torch.int64, device=self.seen.device)
         self._observe(x, lo, hi)
-        self.seen += 1
+        self.seen.add_(1)  # in place: `+=` would also go through nn.Module.__setattr__
         if int(self.sync_state) == SYNCED:
             self.sync_state.fill_(UPDATED_AFTER_SYNC)
 
@@ -254,6 +254,11 @@ class Observer(nn.Module):
         return None
 
     # --- subclass hooks -------------------------------------------------------------
+    def _reduce(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Min and max of ``x`` per group of elements that share parameters."""
+        axis, block = onnx_layout(x.shape, self.granularity)
+        return reduce_minmax(x, axis, block)
+
     def _observe(self, x: Tensor, lo: Tensor, hi: Tensor) -> None:
         raise NotImplementedError
 

@@ -30,6 +30,10 @@ half-open, like numpy's except numpy closes its last bin). Consequences:
 Bins are never finer than ``max|x| · 2^-40`` (and never below 2^-126), which
 keeps bin indices exact integers in float32 and int64 arithmetic. No
 activations are stored: the state is the counts, min, max and ``seen``.
+
+With numba installed (``lowbit[fast]``), a float32 CPU batch is binned and its
+range found in one multi-threaded pass (`lowbit.primitives.kernels`); the
+counts are the same.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from lowbit.formats.qformat import QFormat, get_format
 from lowbit.observers import sync as dist_sync
 from lowbit.observers.base import Observer
 from lowbit.observers.range_select import entropy_threshold, mse_range, percentile_range
+from lowbit.primitives import kernels
 from lowbit.primitives.qparams import QParams, qparams_from_minmax
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -111,6 +116,7 @@ class HistogramObserver(Observer):
         self.register_buffer("counts", torch.zeros(bins, dtype=torch.int64))
         self.register_buffer("min_val", torch.zeros(()))
         self.register_buffer("max_val", torch.zeros(()))
+        self._pending(None)  # counts binned by _reduce, for _observe
 
     # --- the grid -------------------------------------------------------------------
     def grid(self) -> tuple[int, int]:
@@ -154,7 +160,37 @@ class HistogramObserver(Observer):
         return folded, edges
 
     # --- observing ------------------------------------------------------------------
+    def _reduce(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch's range and, where the numba kernel runs, its counts: one pass.
+
+        The batch is binned at the current bin width on a window three grids wide
+        (the grid plus one grid's span either side) while its range is found. If
+        every value lands in the window, the counts are final even if the range
+        grew: a grown grid is coarser or shifted by whole bins, and each window cell
+        lies inside one of its bins (`regrid`). Otherwise `_observe` bins the batch
+        again on the new grid. NaN or Inf: the torch reduction runs, and its checks raise.
+        """
+        self._pending(None)
+        if self.has_data:
+            e, k = self.grid()
+            window = (e, k - self.bins)
+            lo, hi = float(self.min_val), float(self.max_val)
+            fused = kernels.histogram(x, *window, 3 * self.bins, self.absolute, lo, hi)
+            if fused is not None and not fused.nan and math.isfinite(fused.lo) and math.isfinite(fused.hi):
+                if not fused.outside:
+                    self._pending((window, fused.counts))
+                # The range of batch and state together: _observe takes the union anyway.
+                return torch.tensor(fused.lo), torch.tensor(fused.hi)
+        return super()._reduce(x)
+
+    def _pending(self, binned: tuple[tuple[int, int], Tensor] | None) -> None:
+        # A plain attribute, set past nn.Module.__setattr__ (which checks for parameters,
+        # buffers and modules on every assignment: ~15 us, per update).
+        object.__setattr__(self, "_binned", binned)
+
     def _observe(self, x: Tensor, lo: Tensor, hi: Tensor) -> None:
+        binned = getattr(self, "_binned", None)
+        self._pending(None)
         lo_f, hi_f = float(lo), float(hi)
         if self.has_data:
             old = self.grid()
@@ -165,7 +201,15 @@ class HistogramObserver(Observer):
                 self.counts = regrid(self.counts, old, new)
         else:
             new = self._grid_of(lo_f, hi_f)
-        self.counts += bin_counts(x, new, self.bins, absolute=self.absolute).to(self.counts.device)
+        if binned is None:
+            batch = bin_counts(x, new, self.bins, absolute=self.absolute)
+        elif binned[0][0] == new[0]:
+            # The same width: the new grid is a slice of the window, and holds every value.
+            start = new[1] - binned[0][1]
+            batch = binned[1][start : start + self.bins]
+        else:
+            batch = regrid(binned[1], binned[0], new, self.bins)
+        self.counts.add_(batch.to(self.counts.device))
         self.min_val.fill_(lo_f)
         self.max_val.fill_(hi_f)
 
@@ -339,6 +383,11 @@ def bin_counts(x: Tensor, grid: tuple[int, int], bins: int, *, absolute: bool = 
     caller sizes the grid to the data, so every index lands in ``[0, bins)``.
     """
     e, k = grid
+    fused = kernels.histogram(x, e, k, bins, absolute)  # one pass, when numba is installed
+    if fused is not None:
+        if fused.outside:
+            raise ObserverError(f"internal: {fused.outside} values lie off the grid (2**{e}, {k})")
+        return fused.counts
     flat = x.reshape(-1)
     if flat.device.type != "cpu":
         return _bin_counts_whole(flat, e, k, bins, absolute)
@@ -389,21 +438,33 @@ def _bin_counts_whole(flat: Tensor, e: int, k: int, bins: int, absolute: bool) -
     return torch.bincount(b.sub_(float(k)).to(torch.int32), minlength=bins)
 
 
-def regrid(counts: Tensor, old: tuple[int, int], new: tuple[int, int]) -> Tensor:
+def regrid(counts: Tensor, old: tuple[int, int], new: tuple[int, int], bins: int | None = None) -> Tensor:
     """Move counts from grid ``old`` to the coarser aligned grid ``new``, exactly.
 
     Old bin ``i`` is the cell ``k0 + i`` of width ``2^e0``; in the new grid it
     lies wholly inside cell ``floor((k0 + i) / 2^(e1 − e0))``. Counts stay
-    integers and the total is unchanged.
+    integers and the total is unchanged. ``bins`` is the new grid's length
+    (default: as many bins as ``counts`` has).
     """
     (e0, k0), (e1, k1) = old, new
     if e1 < e0:
         raise ObserverError(f"internal: cannot re-bin to a finer grid (2**{e0} -> 2**{e1})")
-    bins = counts.numel()
-    cells = torch.arange(bins, dtype=torch.int64, device=counts.device) + k0
+    size = counts.numel() if bins is None else bins
+    if e1 == e0:  # the same width: a shift by whole bins (cheaper than the general move)
+        shift = k1 - k0
+        lo, hi = max(shift, 0), min(shift + size, counts.numel())
+        moved = torch.zeros(size, dtype=counts.dtype, device=counts.device)
+        if hi > lo:
+            moved[lo - shift : hi - shift] = counts[lo:hi]
+        if int(moved.sum()) != int(counts.sum()):
+            raise ObserverError("internal: re-binning would drop counts; the new grid must hold the data")
+        return moved
+    cells = torch.arange(counts.numel(), dtype=torch.int64, device=counts.device) + k0
     # |cells| < 2**42, so any shift of 62 or more leaves floor() at 0 or -1.
     target = torch.div(cells, 2 ** min(e1 - e0, 62), rounding_mode="floor") - k1
-    outside = (target < 0) | (target >= bins)
+    outside = (target < 0) | (target >= size)
     if bool(counts[outside].any()):
         raise ObserverError("internal: re-binning would drop counts; the new grid must hold the data")
-    return torch.zeros_like(counts).index_add_(0, target.clamp_(0, bins - 1), counts)
+    return torch.zeros(size, dtype=counts.dtype, device=counts.device).index_add_(
+        0, target.clamp_(0, size - 1), counts
+    )

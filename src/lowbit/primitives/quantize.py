@@ -19,6 +19,7 @@ from torch import Tensor
 from lowbit.errors import FormatError, GranularityError, InputError, QParamsError
 from lowbit.formats import floats
 from lowbit.formats.qformat import QFormat, get_format
+from lowbit.primitives import kernels
 from lowbit.primitives.granularity import expand_to, normalize_axis, scale_shape
 from lowbit.primitives.rounding import check_rounding, round_tensor
 
@@ -85,7 +86,12 @@ def quantize(
 
     out = _output(out, x, work, fmt.storage_dtype)
     if rounding == "half_even" and fmt.qmax - fmt.qmin < 2**22:
-        _quantize_half_even(work, scale_b, zp_b, fmt, out)
+        # One fused pass when numba is installed and covers the layout; torch otherwise.
+        nan = kernels.quantize_into(work, scale_b, zp_b, fmt.qmin, fmt.qmax, out)
+        if nan is None:
+            _quantize_half_even(work, scale_b, zp_b, fmt, out)
+        else:
+            _check_nan(nan > 0, x)
     else:
         for xs, ss, zs, os in chunks(work, scale_b, zp_b, out):
             value = round_tensor(torch.div(xs.float(), ss), rounding, generator)
