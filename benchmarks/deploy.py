@@ -8,7 +8,8 @@ round, so all share the machine's load), median of ``--repeats`` rounds:
 - FP32 PyTorch eager; FP32 ONNX Runtime (TorchScript export);
 - lowbit int8 exported with `lowbit.export.onnx`, run in ONNX Runtime;
 - ONNX Runtime ``quantize_static``: QDQ, per-channel weights, MinMax, U8S8 and S8S8
-  (after ``quant_pre_process``, as its documentation recommends);
+  (after ``quant_pre_process``, as its documentation recommends); for MiniLM also
+  ``quantize_dynamic`` (per-channel int8 weights), the peer of lowbit's dynamic int8;
 - torch.ao static quantization (FX graph mode, x86 backend, default qconfig).
 
 Fidelity is measured against FP32 PyTorch on evaluation data disjoint from the
@@ -91,6 +92,19 @@ def ort_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], activat
     act = QuantType.QUInt8 if activations == "u8" else QuantType.QInt8
     quantize_static(str(pre), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=act, weight_type=QuantType.QInt8)
+    return dst
+
+
+def ort_dynamic(src: Path, dst: Path) -> Path:
+    """ONNX Runtime's own dynamic quantization: int8 per-channel weights, activations at run time."""
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+    pre = dst.with_suffix(".pre.onnx")
+    try:
+        quant_pre_process(str(src), str(pre))
+    except Exception:  # as for ort_static: optional pre-processing
+        pre = src
+    quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8)
     return dst
 
 
@@ -195,6 +209,12 @@ def prepare(case: Case, folder: Path) -> dict[str, Any]:
             prep["runners"][label] = ("ort", runtime.session(path, threads=THREADS))
         except Exception as err:  # a peer failing is a finding, not a crash
             prep["notes"].append(f"{label} failed: {type(err).__name__}: {str(err)[:200]}")
+    if case.kind == "embedding":  # the like-for-like peer of lowbit's dynamic int8 transformer
+        try:
+            path = ort_dynamic(fp32_path, folder / f"{case.name}.ort_dynamic.onnx")
+            prep["runners"]["ORT quantize_dynamic"] = ("ort", runtime.session(path, threads=THREADS))
+        except Exception as err:
+            prep["notes"].append(f"ORT quantize_dynamic failed: {type(err).__name__}: {str(err)[:200]}")
     try:
         prep["runners"]["torch.ao FX x86"] = ("torch-positional", torch_ao(model, case))
     except Exception as err:  # torch.fx cannot trace many transformers models

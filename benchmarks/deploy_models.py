@@ -221,6 +221,8 @@ def minilm_cases() -> list[Case]:
     static = lowbit.preset("x86").with_(name="x86-smooth0.85", smooth_alpha=0.85)
     return [Case("MiniLM (all-MiniLM-L6-v2)", "batch 8 x 128 tokens", "embedding", model,
                  "w8a8-dynamic", example, calib, evaluation),
+            Case("MiniLM (all-MiniLM-L6-v2), dynamic per-tensor", "batch 8 x 128 tokens", "embedding",
+                 model, "onnxruntime-dynamic", example, calib, evaluation),
             Case("MiniLM (all-MiniLM-L6-v2), static int8", "batch 8 x 128 tokens", "embedding", model,
                  static, example, calib, evaluation)]
 

@@ -152,6 +152,7 @@ DYNAMIC = {
     "w8a8-dynamic": (preset("w8a8-dynamic"), "MatMulInteger"),
     "uint8-tensor": (preset("w8a8-dynamic").with_(input=QuantSpec("uint8", symmetric=False, dynamic=True)),
                      "DynamicQuantizeMatMul"),
+    "onnxruntime-dynamic": (preset("onnxruntime-dynamic"), "DynamicQuantizeMatMul"),
 }
 
 

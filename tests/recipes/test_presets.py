@@ -7,7 +7,7 @@ import pytest
 from lowbit.recipes import PRESETS, QuantSpec, Recipe, RecipeError, list_presets, preset
 
 REQUIRED = ["x86", "x86-novnni", "arm", "mnn", "tensorrt", "onnxruntime", "onnxruntime-u8s8",
-            "w8a8-dynamic", "w8", "w4-g128", "w4-g32", "fp8", "int8"]
+            "w8a8-dynamic", "onnxruntime-dynamic", "w8", "w4-g128", "w4-g32", "fp8", "int8"]
 
 
 def test_required_presets_exist_and_are_listed():
@@ -80,6 +80,9 @@ def test_onnxruntime_s8s8_and_u8s8():
 def test_llm_presets():
     dyn = preset("w8a8-dynamic")
     assert dyn.mode == "dynamic" and dyn.input.granularity == "token" and dyn.input.dynamic
+    ort = preset("onnxruntime-dynamic")  # ONNX DynamicQuantizeLinear's parameters exactly
+    assert ort.mode == "dynamic" and ort.input.granularity == "tensor" and ort.input.dynamic
+    assert ort.input.format == "uint8" and not ort.input.symmetric and ort.calibration_batches == 0
     assert preset("w8").mode == "weight_only" and preset("w8").weight.format == "int8"
     for size in (128, 32):
         w4 = preset(f"w4-g{size}")

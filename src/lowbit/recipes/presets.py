@@ -15,6 +15,7 @@ tensorrt                int8 [-127, 127] per-channel sym, max  int8 per-tensor s
 onnxruntime / int8      int8 per-channel sym, max              int8 per-tensor asym, min-max
 onnxruntime-u8s8        int8 per-channel sym, max              uint8 per-tensor asym, min-max
 w8a8-dynamic            int8 per-channel sym, max              int8 per-token sym, dynamic
+onnxruntime-dynamic     int8 per-channel sym, max              uint8 per-tensor asym, dynamic
 w8                      int8 per-channel sym, max              float
 w4-g128 / w4-g32        int4 groups of 128 / 32, sym, clipped  float
 fp8                     fp8 e4m3fn per-channel, max            fp8 e4m3fn per-tensor, max
@@ -44,6 +45,10 @@ Why these choices:
   lowbit's export target is ONNX QDQ run in ONNX Runtime.
 - w8a8-dynamic: SmoothQuant-style int8 GEMMs of LLM servers (vLLM, TensorRT-LLM):
   one scale per token computed at run time, so no calibration.
+- onnxruntime-dynamic: ONNX Runtime's ``quantize_dynamic``: one uint8 scale per
+  tensor, computed at run time by DynamicQuantizeLinear, which ONNX Runtime fuses
+  with the int8 MatMul (DynamicQuantizeMatMul). Faster there than per-token
+  scales (which need explicit reductions in the graph), a little less accurate.
 - w8 / w4-g*: weight-only LLM formats (int8 per channel; AWQ / GPTQ-style int4
   groups along the input dimension with an MSE clipping search). int4 and fp8
   presets quantize Linear and Conv only: embeddings stay in float, as those
@@ -130,6 +135,13 @@ PRESETS: dict[str, Recipe] = {
         input=QuantSpec("int8", "token", dynamic=True), calibration_batches=0,
         description="int8 GEMM with per-token dynamic activations (LLM servers: vLLM, "
                     "TensorRT-LLM, SmoothQuant-style W8A8); no calibration",
+    ),
+    "onnxruntime-dynamic": Recipe(
+        name="onnxruntime-dynamic", mode="dynamic", weight=_W_INT8,
+        input=QuantSpec("uint8", "tensor", symmetric=False, dynamic=True), calibration_batches=0,
+        description="ONNX Runtime quantize_dynamic: int8 per-channel symmetric weights, uint8 "
+                    "per-tensor asymmetric activations quantized at run time (fused "
+                    "DynamicQuantizeMatMul); no calibration",
     ),
     "w8": Recipe(
         name="w8", mode="weight_only", weight=_W_INT8, calibration_batches=0,
