@@ -1,6 +1,6 @@
 """Deployment speed, size and fidelity: lowbit int8 in ONNX Runtime against FP32 and peers.
 
-    python benchmarks/deploy.py [--models resnet18,mobilenet_v2,minilm] [--repeats 15]
+    python benchmarks/deploy.py [--models resnet18,mobilenet_v2,minilm] [--repeats 31]
 
 Candidates, all on the same CPU threads, timed round-robin (one run of each per
 round, so all share the machine's load), median of ``--repeats`` rounds:
@@ -308,7 +308,7 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(CASES))
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=31)
     args = parser.parse_args()
     results = []
     started = time.time()
