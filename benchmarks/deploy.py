@@ -3,7 +3,9 @@
     python benchmarks/deploy.py [--models resnet18,mobilenet_v2,minilm] [--repeats 31]
 
 Candidates, all on the same CPU threads, timed round-robin (one run of each per
-round, so all share the machine's load), median of ``--repeats`` rounds:
+round, so all share the machine's load; the order shuffled each round and a 10 ms
+pause before each run, so no candidate always pays for threads its predecessor
+left spinning), median of ``--repeats`` rounds:
 
 - FP32 PyTorch eager; FP32 ONNX Runtime (TorchScript export);
 - lowbit int8 exported with `lowbit.export.onnx`, run in ONNX Runtime;
@@ -243,11 +245,15 @@ def run_case(case: Case, folder: Path, repeats: int) -> dict[str, Any]:
     prep = prepare(case, folder)
     fns = {label: _call(runner, case.example) for label, runner in prep["runners"].items()}
     with torch.no_grad():
-        timings = runtime.compare(fns, repeats=repeats, warmup=3)
+        # shuffled rounds with a pause before each run: no candidate always pays for the
+        # threads its predecessor left spinning (PyTorch's OpenMP, ONNX Runtime's pool)
+        timings = runtime.compare(fns, repeats=repeats, warmup=3, settle=0.01, shuffle=True)
     base = timings["FP32 PyTorch"].median
     rows = {}
     for label, timing in timings.items():
-        row = {"median_ms": timing.median * 1e3, "speedup_vs_fp32_torch": base / timing.median}
+        q1, q3 = timing.quartiles
+        row = {"median_ms": timing.median * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
+               "speedup_vs_fp32_torch": base / timing.median}
         if label in prep["outputs"]:
             row.update(fidelity(case, prep["reference"], prep["outputs"][label]))
         rows[label] = row
@@ -272,7 +278,8 @@ def sizes(case: Case, qmodel: nn.Module, folder: Path) -> dict[str, float]:
 def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines = ["# Deployment: lowbit int8 in ONNX Runtime vs FP32 and peers", "",
              f"Written by `python benchmarks/deploy.py`. Machine: {info}. {THREADS} threads everywhere; "
-             "candidates timed round-robin (median of the rounds). Fidelity vs FP32 PyTorch on "
+             "candidates timed round-robin, shuffled each round, with a 10 ms pause before each run "
+             "(median of the rounds; middle half = quartiles). Fidelity vs FP32 PyTorch on "
              "evaluation data disjoint from calibration data.", ""]
     for res in results:
         lines += [f"## {res['case']} ({res['batch']})", ""]
@@ -281,8 +288,11 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
             fid = (f"cos {row['cos_mean']:.4f} (min {row['cos_min']:.4f})" if "cos_mean" in row else
                    f"top-1 {row['top1_agreement']:.2%}, SQNR {row['sqnr_db']:.1f} dB"
                    if "top1_agreement" in row else "reference")
-            rows.append([label, f"{row['median_ms']:.2f}", f"{row['speedup_vs_fp32_torch']:.2f}x", fid])
-        lines.append(markdown_table(["candidate", "median ms", "vs FP32 PyTorch", "fidelity vs FP32"], rows))
+            spread = f"{row['q1_ms']:.2f}–{row['q3_ms']:.2f}" if "q1_ms" in row else "-"
+            speedup = f"{row['speedup_vs_fp32_torch']:.2f}x"
+            rows.append([label, f"{row['median_ms']:.2f}", spread, speedup, fid])
+        lines.append(markdown_table(["candidate", "median ms", "middle half, ms", "vs FP32 PyTorch",
+                                     "fidelity vs FP32"], rows))
         parity = res["parity"]
         ptext = (f"cosine {parity['cos_mean']:.5f} mean, {parity['cos_min']:.5f} min" if "cos_mean" in parity
                  else f"top-1 agreement {parity['top1_agreement']:.2%}, SQNR {parity['sqnr_db']:.1f} dB")

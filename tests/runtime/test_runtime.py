@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -72,7 +74,9 @@ def test_timing_helpers(exported):
     sess = runtime.session(path, threads=1)
     timing = runtime.time_session(sess, x, repeats=4, warmup=1)
     assert timing.repeats == 4 and timing.warmup == 1 and timing.minimum <= timing.median
-    assert set(timing.to_dict()) == {"median_ms", "min_ms", "repeats", "warmup"}
+    assert set(timing.to_dict()) == {"median_ms", "min_ms", "q1_ms", "q3_ms", "repeats", "warmup"}
+    q1, q3 = timing.quartiles
+    assert timing.minimum <= q1 <= timing.median <= q3
     calls = []
     result = runtime.compare({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
                              repeats=3, warmup=1)
@@ -82,3 +86,17 @@ def test_timing_helpers(exported):
         runtime.time_fn(lambda: None, repeats=0)
     with pytest.raises(RuntimeLayerError, match="candidate"):
         runtime.compare({})
+
+
+def test_compare_shuffles_rounds_and_settles():
+    calls = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in "abcd"}
+    start = time.perf_counter()
+    result = runtime.compare(fns, repeats=6, warmup=0, shuffle=True, settle=0.002)
+    assert time.perf_counter() - start >= 24 * 0.002  # one pause before each timed run
+    rounds = [calls[i:i + 4] for i in range(0, 24, 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds)  # each round runs every candidate once
+    assert len({tuple(r) for r in rounds}) > 1  # in varying order
+    assert all(t.repeats == 6 for t in result.values())
+    with pytest.raises(RuntimeLayerError, match="settle"):
+        runtime.compare(fns, settle=-1)

@@ -3,11 +3,15 @@
 On a shared, noisy machine a single sequence of runs per candidate confounds
 the candidates with load changes; `compare` runs the candidates round-robin
 (one run of each per round) so that every candidate sees the same load, and
-reports each one's median.
+reports each one's median. Runtimes leave their worker threads spinning for a
+while after a call (OpenMP in PyTorch, ONNX Runtime's pool), which taxes
+whichever candidate runs next: ``settle`` pauses before each timed run and
+``shuffle`` varies the order per round, so no candidate always follows the same one.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -40,9 +44,18 @@ class Timing:
     def repeats(self) -> int:
         return len(self.times)
 
+    @property
+    def quartiles(self) -> tuple[float, float]:
+        """First and third quartile of ``times`` (the spread around the median)."""
+        if len(self.times) < 2:
+            return self.median, self.median
+        q = statistics.quantiles(self.times, n=4)
+        return q[0], q[2]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"median_ms": self.median * 1e3, "min_ms": self.minimum * 1e3,
-                "repeats": self.repeats, "warmup": self.warmup}
+        q1, q3 = self.quartiles
+        return {"median_ms": self.median * 1e3, "min_ms": self.minimum * 1e3, "q1_ms": q1 * 1e3,
+                "q3_ms": q3 * 1e3, "repeats": self.repeats, "warmup": self.warmup}
 
 
 def _check(repeats: int, warmup: int) -> None:
@@ -81,7 +94,8 @@ def time_session(sess: Any, inputs: Any, *, repeats: int = 20, warmup: int = 3) 
 
 
 def compare(candidates: Mapping[str, Callable[[], object]], *, repeats: int = 20,
-            warmup: int = 3, progress: bool = False) -> dict[str, Timing]:
+            warmup: int = 3, progress: bool = False, settle: float = 0.0,
+            shuffle: bool = False) -> dict[str, Timing]:
     """Time several candidates round-robin, so that they share the machine's load.
 
     Args:
@@ -89,6 +103,9 @@ def compare(candidates: Mapping[str, Callable[[], object]], *, repeats: int = 20
         repeats: timed rounds (each runs every candidate once).
         warmup: untimed rounds first.
         progress: show a progress bar over the rounds (tqdm, when installed).
+        settle: seconds to pause before each timed run, so that the threads the
+            previous candidate left spinning have gone to sleep (a few ms do).
+        shuffle: run the candidates in a new (seeded) order every round.
 
     Returns:
         name → `Timing`.
@@ -104,11 +121,18 @@ def compare(candidates: Mapping[str, Callable[[], object]], *, repeats: int = 20
     for _ in range(warmup):
         for fn in candidates.values():
             fn()
+    if not isinstance(settle, (int, float)) or settle < 0:
+        raise RuntimeLayerError(f"settle must be a non-negative number of seconds, got {settle!r}")
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    order, rng = list(candidates), random.Random(0)
     for _ in _rounds(repeats, progress):
-        for name, fn in candidates.items():
+        if shuffle:
+            rng.shuffle(order)
+        for name in order:
+            if settle:
+                time.sleep(settle)
             start = time.perf_counter()
-            fn()
+            candidates[name]()
             times[name].append(time.perf_counter() - start)
     return {name: Timing(statistics.median(t), tuple(t), warmup) for name, t in times.items()}
 
