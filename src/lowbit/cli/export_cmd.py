@@ -135,9 +135,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             fns[name] = (lambda s=sess, f=feeds: torch.as_tensor(s.run(None, f)[0]))
         with torch.no_grad():
             outputs = {name: fn() for name, fn in fns.items()}
-            # shuffled rounds, a pause before each run: see lowbit.runtime.timing
+            # shuffled rounds: see lowbit.runtime.timing
             timings = runtime.compare(fns, repeats=args.repeats, warmup=args.warmup,
-                                      progress=not args.no_progress, settle=0.01, shuffle=True)
+                                      progress=not args.no_progress, shuffle=True)
     base = timings["FP32 PyTorch"].median
     reference = outputs["FP32 PyTorch"]
     rows = [{"candidate": name, "median_ms": t.median * 1e3, "speedup": base / t.median,

@@ -5,8 +5,10 @@ the candidates with load changes; `compare` runs the candidates round-robin
 (one run of each per round) so that every candidate sees the same load, and
 reports each one's median. Runtimes leave their worker threads spinning for a
 while after a call (OpenMP in PyTorch, ONNX Runtime's pool), which taxes
-whichever candidate runs next: ``settle`` pauses before each timed run and
-``shuffle`` varies the order per round, so no candidate always follows the same one.
+whichever candidate runs next: ``shuffle`` varies the order per round, so no
+candidate always follows the same one. ``settle`` pauses before each timed run
+instead; it measures cold starts (a sleeping pool must wake), which tax some
+runtimes more than others.
 """
 
 from __future__ import annotations
