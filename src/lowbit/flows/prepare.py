@@ -75,13 +75,12 @@ def _quantize_functional(model: nn.Module, recipe: Recipe, state: QuantState) ->
         )
         return model
     graph = traced.graph
-    for node in graph.nodes:
+    for node in list(graph.nodes):
         # With ``from __future__ import annotations`` torch.fx records the forward's type
         # hints as strings, and a GraphModule holding them cannot be pickled
         # (torch.save of the quantized model failed). The hints are decoration: drop them.
         if isinstance(node.type, str):
             node.type = None
-    for node in list(graph.nodes):
         if node.op != "call_function":
             continue
         kind, module_cls = None, None
