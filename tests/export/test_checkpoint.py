@@ -153,6 +153,13 @@ def test_damaged_compressed_index_is_a_clear_error(saved, tmp_path):
         read_checkpoint(path)
 
 
+@pytest.mark.parametrize("damaged", ["z:AAAA", "z:not base64!", "{not json"])
+def test_damaged_quantizer_index_is_a_clear_error(model, saved, tmp_path, damaged):
+    path = _with_metadata(saved, tmp_path / "q.safetensors", lambda m: m.update(quantizers=damaged))
+    with pytest.raises(CheckpointError, match="quantizer index"):
+        load_quantized(model, path)
+
+
 def test_newer_format_version(saved, tmp_path):
     path = _with_metadata(saved, tmp_path / "v.safetensors", lambda m: m.update(format_version="99"))
     with pytest.raises(CheckpointError, match="newer"):

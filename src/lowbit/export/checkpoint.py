@@ -107,11 +107,19 @@ def _packed_json(value: Any) -> str:
     return "z:" + base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
 
 
-def _unpacked_json(text: str) -> Any:
-    """Inverse of `_packed_json`; plain JSON (format 2 files) passes through."""
-    if text.startswith("z:"):
-        return json.loads(zlib.decompress(base64.b64decode(text[2:], validate=True)))
-    return json.loads(text)
+def _unpacked_json(text: str, path: str | Path = "checkpoint", field: str = "index") -> Any:
+    """Inverse of `_packed_json`; plain JSON (format 2 files) passes through.
+
+    Raises:
+        CheckpointError: the text is not what `_packed_json` writes (a damaged file).
+    """
+    try:
+        if text.startswith("z:"):
+            return json.loads(zlib.decompress(base64.b64decode(text[2:], validate=True)))
+        return json.loads(text)
+    except (ValueError, zlib.error) as err:  # binascii.Error and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path} is corrupted: its {field} index cannot be read ({err}); "
+                              "write it again") from err
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -158,9 +166,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if checksum(tensors) != metadata.get("checksum"):
         raise CheckpointError(f"{path} is corrupted: its tensors do not match the checksum written "
                               "with them. Write the checkpoint again")
+    codec = _unpacked_json(metadata.get("codec", "{}"), path, "codec")
     try:
-        state = decode_state(tensors, _unpacked_json(metadata.get("codec", "{}")))
-    except (ValueError, KeyError, TypeError, RuntimeError, zlib.error) as err:
+        state = decode_state(tensors, codec)
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{path} is corrupted: cannot unpack it ({err}); write it again") from err
     return state, metadata
 
@@ -266,7 +275,7 @@ def load_quantized(model_fp32: nn.Module, path: str | Path, *, inplace: bool = F
         raise CheckpointError(f"{path} was written for another model: its recipe selects nothing "
                               f"here ({err})") from err
     _weight_shapes_fit(model, state, path)
-    _add_recorded_quantizers(model, _unpacked_json(metadata.get("quantizers", "{}")))
+    _add_recorded_quantizers(model, _unpacked_json(metadata.get("quantizers", "{}"), path, "quantizer"))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
