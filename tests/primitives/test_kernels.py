@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import faulthandler
 import importlib
+import itertools
 import math
 import multiprocessing
-import os
 
 import numpy as np
 import pytest
@@ -61,11 +61,10 @@ def both_paths(fn):
 
 @pytest.fixture(autouse=True, params=["serial", "parallel"])
 def kernel_mode(request, monkeypatch):
-    """Every test twice: the serial kernels (small inputs) and the parallel ones, which
-    split even these small inputs into one slice per thread. The suite runs on one
-    thread (conftest); the parallel kernels need two."""
-    size = 1 << 40 if request.param == "serial" else 16
-    monkeypatch.setattr(kernels, "PARALLEL_FROM", dict.fromkeys(kernels.PARALLEL_FROM, size))
+    """Every test twice: on the calling thread only (small inputs), and split into one slice
+    per thread, which the parallel mode does to even these small inputs. The suite runs
+    on one thread (conftest); a split needs two."""
+    monkeypatch.setattr(kernels, "PARALLEL_FROM", 1 << 40 if request.param == "serial" else 16)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield request.param
@@ -188,20 +187,38 @@ def test_fallback_is_used_and_correct_without_the_kernel(monkeypatch):
 
 
 @needs_numba
-def test_thread_count_follows_torch(kernel_mode):
-    import numba
-
+def test_thread_count_follows_torch(kernel_mode, monkeypatch):
     x = tricky(50_000, 0.05)
-    for threads in (1, 2):
+    threads_seen = []
+    run = kernels._run
+
+    def counted(kernel, jobs):
+        threads_seen.append(len(jobs))
+        return run(kernel, jobs)
+
+    monkeypatch.setattr(kernels, "_run", counted)
+    for threads in (1, 2, 3):
         torch.set_num_threads(threads)
         got = quantize(x, 0.05, 0, "int8")
         np.testing.assert_array_equal(got.numpy().astype(np.float64), numpy_quantize(x, 0.05, 0, "int8"))
-        if threads == 2 and kernel_mode == "parallel":
-            assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
-        # one thread, or a small input: the serial kernel, without waking numba's threads
-        assert kernels._chunks(x.numel()) == (1 if threads == 1 or kernel_mode == "serial" else 2)
-    if "NUMBA_THREADING_LAYER" not in os.environ and kernel_mode == "parallel":
-        assert numba.threading_layer() in ("tbb", "workqueue")  # fork-safe, not GNU OpenMP (kernels.py)
+    # one thread, or a small input: the calling thread alone
+    assert threads_seen == ([1, 1, 1] if kernel_mode == "serial" else [1, 2, 3])
+
+
+@needs_numba
+def test_slices_cover_the_input_once(kernel_mode):
+    kernels_from = kernels.PARALLEL_FROM
+    torch.set_num_threads(3)
+    for n in (1, 2, 3, 4, 10, 1001):
+        for per_item in (1, kernels_from):
+            slices = kernels._slices(n, per_item)
+            assert slices[0][0] == 0 and slices[-1][1] == n
+            assert all(a < b for a, b in slices) and all(b == c for (_, b), (c, _) in itertools.pairwise(slices))
+            if n * per_item < kernels_from:
+                assert slices == [(0, n)]
+            else:  # at most one per thread, balanced
+                assert 1 < len(slices) <= 3 or n == 1
+                assert all(b - a <= -(-n // 3) for a, b in slices)
 
 
 code_values = arrays(np.float32, st.integers(1, 300),

@@ -15,48 +15,63 @@ Why the numba settings below:
 
 - ``fastmath`` stays off: it would license ``x * (1 / s)`` for ``x / s`` and
   drop the NaN checks, and both change results;
-- the threading layer is numba's ``forksafe`` choice unless the user chose one
-  with ``NUMBA_THREADING_LAYER``: TBB if installed (``pip install tbb``), else
-  workqueue. Numba's default pick here, GNU OpenMP, aborts the process on
-  ``fork()`` once it has run (DataLoader workers, multiprocessing). Workqueue
-  is not safe to enter from two threads at once; the kernels hold the GIL (no
-  ``nogil``) and a lock;
-- the thread count follows ``torch.get_num_threads()`` on every call, so a
-  user's ``torch.set_num_threads`` holds for these kernels too;
-- each kernel is a serial function over a slice, run directly for small inputs
-  and one slice per thread for large ones (`PARALLEL_FROM`): a parallel launch
-  costs more than the work on small inputs.
+- the kernels (`kernel_loops`) are serial functions over a slice, compiled
+  ``nogil``. A large input is cut into one slice per thread that torch may
+  use (``torch.get_num_threads()``, so a user's ``torch.set_num_threads``
+  holds here too), and the slices run at once:
+  - the histogram on torch's own OpenMP threads where torch runs on GNU
+    OpenMP (Linux wheels): a C callback handed to ``GOMP_parallel`` (see
+    `_team` for why; in a forked child, where that runtime hangs, the pool
+    below instead);
+  - quantize on the calling thread and a small pool of Python threads.
+    Handing a slice to a waiting thread costs tens of microseconds; the pool
+    is made again in a forked child, whose copy has no threads behind it;
+  - not numba's own threading layers: a launch of its fork-safe
+    ``workqueue`` layer cost 0.3-2 ms on a 2-core VM (it wakes every worker
+    twice), and its GNU OpenMP layer aborts forked processes (DataLoader
+    workers) once it has run;
+- inputs below `PARALLEL_FROM` values run on the calling thread: a hand-off
+  costs more than the work.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lowbit.primitives import kernel_loops as loops
+
 # False when numba is not installed, or failed to import; tests set it to False
 # to exercise the torch paths.
 AVAILABLE = importlib.util.find_spec("numba") is not None
 
-# Bound to the numba module by _load() on first use: importing numba takes about half
-# a second, which `import lowbit` should not pay. The kernels below name numba.prange,
-# resolved when numba compiles them (after _load()).
-numba = None
+# Compiled on first use by _load(): importing numba takes about half a second, which
+# `import lowbit` should not pay.
 _jit: dict = {}
+_callbacks: dict = {}  # the C callbacks in _jit, as ctypes functions
 _lock = threading.Lock()
+_per_thread = threading.local()  # scratch memory, see _scratch
+# The threads that run all slices but the first, where OpenMP does not:
+# (pool, its size, the process it belongs to).
+_pool: tuple[ThreadPoolExecutor, int, int] | None = None
+# GNU OpenMP's entry point (see _team), and the process that may use it.
+_gomp_parallel = None
+_gomp_pid = -1
 
 # Code containers the quantize kernel writes into directly.
 _CODE_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.uint16)
-# Inputs at least this large are split across threads, by threading layer. A launch
-# costs microseconds with TBB, and 0.3-2 ms with workqueue, which wakes every worker
-# twice (measured on a 2-core VM); below these sizes one thread is faster.
-PARALLEL_FROM = {"tbb": 1 << 18, "workqueue": 1 << 22}
+# Inputs at least this large are split across threads: a hand-off costs 20-50 us, about
+# the time to quantize or bin 1e5 values on one thread (measured on a 2-core VM).
+PARALLEL_FROM = 1 << 18
 
 
 def quantize_into(
@@ -83,22 +98,18 @@ def quantize_into(
         return None
     lo, hi = np.float32(qmin), np.float32(qmax)
     xs, os_ = x.detach().numpy(), out.numpy()
-    with _lock:
-        chunks = _chunks(x.numel())
-        if layout == ():
-            s, z = np.float32(float(scale)), np.float32(0.0 if zero_point is None else float(zero_point))
-            xs, os_ = xs.reshape(-1), os_.reshape(-1)
-            if chunks == 1:
-                return int(_jit["flat"](xs, s, z, lo, hi, os_))
-            return int(_jit["flat_parallel"](xs, s, z, lo, hi, os_, chunks))
-        outer, channels, inner = layout
-        s = scale.reshape(channels).numpy()
-        z = np.zeros(channels, np.float32) if zero_point is None else zero_point.reshape(channels).numpy()
-        shape = (outer * channels, inner)  # row r has channel r % channels
-        xs, os_ = xs.reshape(shape), os_.reshape(shape)
-        if chunks == 1:
-            return int(_jit["rows"](xs, s, z, lo, hi, os_, 0))
-        return int(_jit["rows_parallel"](xs, s, z, lo, hi, os_, chunks))
+    if layout == ():
+        s, z = np.float32(float(scale)), np.float32(0.0 if zero_point is None else float(zero_point))
+        xs, os_ = xs.reshape(-1), os_.reshape(-1)
+        slices = _slices(xs.size)
+        return sum(_run(_jit["flat"], [(xs[a:b], s, z, lo, hi, os_[a:b]) for a, b in slices]))
+    outer, channels, inner = layout
+    s = scale.reshape(channels).numpy()
+    z = np.zeros(channels, np.float32) if zero_point is None else zero_point.reshape(channels).numpy()
+    shape = (outer * channels, inner)  # row r has channel r % channels
+    xs, os_ = xs.reshape(shape), os_.reshape(shape)
+    slices = _slices(shape[0], per_item=inner)
+    return sum(_run(_jit["rows"], [(xs[a:b], s, z, lo, hi, os_[a:b], a) for a, b in slices]))
 
 
 class Binned(NamedTuple):
@@ -132,15 +143,31 @@ def histogram(
     if not exact or not _usable(x) or _load() is None:
         return None
     flat = x.detach().reshape(-1).numpy()
-    args = (flat, inv, kf, bins, absolute, e > 0 and not absolute, np.float32(lo), np.float32(hi))
-    with _lock:
-        chunks = _chunks(flat.size)
-        if chunks == 1:
-            counts = np.zeros(bins, np.int64)
-            outside, nan, lo, hi = _jit["count"](*args, counts)
-        else:
-            counts, outside, nan, lo, hi = _jit["count_parallel"](*args, chunks)
-    return Binned(torch.from_numpy(counts), int(outside), int(nan), float(lo), float(hi))
+    slices = _slices(flat.size, longest=loops.LONGEST_SLICE)
+    n = len(slices)
+    # Per slice: scratch for four rows of int32 counts (see kernel_loops.count; the extra
+    # last column takes the values off the grid) and for one block of cells; what it
+    # found (NaN count, lo, hi). The scratch is kept per thread: fresh memory this size
+    # costs page faults on every call.
+    wide = bins >= 2**16
+    counts = _scratch("counts", (n, 4, bins + 1), np.int32)
+    cells = _scratch("cells", (n, loops.BLOCK), np.int32 if wide else np.uint16)
+    found = np.empty((n, 3))
+    reals = np.array([inv, kf, lo, hi], np.float32)
+    task = np.empty(loops.HEADER + loops.RECORD * n, np.int64)
+    task[: loops.HEADER] = (n, bins, absolute, e > 0 and not absolute, reals.ctypes.data,
+                            found.ctypes.data, wide, 0)
+    records = task[loops.HEADER :].reshape(n, loops.RECORD)
+    records[:, 0] = flat.ctypes.data + flat.itemsize * np.array([a for a, _ in slices])
+    records[:, 1] = [b - a for a, b in slices]
+    records[:, 2] = counts.ctypes.data + counts.strides[0] * np.arange(n)
+    records[:, 3] = cells.ctypes.data + cells.strides[0] * np.arange(n)
+    _team("team_count", task, n)
+    total = counts[0, 0].astype(np.int64)
+    for i in range(1, n):
+        total += counts[i, 0]
+    nan, lo, hi = found[0].tolist() if n == 1 else (found[:, 0].sum(), found[:, 1].min(), found[:, 2].max())
+    return Binned(torch.from_numpy(total[:bins]), int(total[bins]), int(nan), float(lo), float(hi))
 
 
 def _usable(x: Tensor) -> bool:
@@ -168,153 +195,109 @@ def _channel_layout(shape: torch.Size, param: Tensor) -> tuple[int, ...] | None:
     return math.prod(shape[:a]), math.prod(shape[a:b]), math.prod(shape[b:])
 
 
-def _chunks(n: int) -> int:
-    """Slices to split ``n`` values into: one per thread that torch may use, or 1 when small."""
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+def _slices(n: int, per_item: int = 1, longest: int | None = None) -> list[tuple[int, int]]:
+    """``[start, stop)`` of the slices to cut ``n`` items (of ``per_item`` values each) into:
+    one per thread that torch may use, or one when the input is small; more where a
+    slice would be longer than ``longest`` items."""
+    threads = max(1, torch.get_num_threads())
+    parts = 1 if threads == 1 or n * per_item < PARALLEL_FROM else threads
+    if longest is not None:
+        parts = max(parts, -(-n // longest))
+    step = -(-n // parts)
+    return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """An uninitialised array of ``shape``, reused by this thread's later calls."""
+    kept = getattr(_per_thread, name, None)
+    size = math.prod(shape)
+    if kept is None or kept.dtype != dtype or kept.size < size:
+        kept = np.empty(size, dtype)
+        setattr(_per_thread, name, kept)
+    return kept[:size].reshape(shape)
+
+
+def _run(kernel, jobs: list[tuple]) -> list:
+    """``[kernel(*job) for job in jobs]``, the first on this thread, the others on the pool."""
+    if len(jobs) == 1:
+        return [kernel(*jobs[0])]
+    pool = _threads(len(jobs) - 1)
+    pending = [pool.submit(kernel, *job) for job in jobs[1:]]
+    first = kernel(*jobs[0])
+    return [first] + [job.result() for job in pending]
+
+
+def _threads(workers: int) -> ThreadPoolExecutor:
+    """The pool, with at least ``workers`` threads, made in this process."""
+    global _pool
+    with _lock:
+        if _pool is None or _pool[1] < workers or _pool[2] != os.getpid():
+            if _pool is not None and _pool[2] == os.getpid():
+                _pool[0].shutdown(wait=False)
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="lowbit-kernel")
+            _pool = (pool, workers, os.getpid())
+        return _pool[0]
+
+
+def _team(name: str, task: np.ndarray, threads: int) -> None:
+    """Have ``threads`` threads call the C callback ``name`` on ``task`` at once (each claims slices until
+    none is left): torch's own OpenMP threads where torch runs on GNU OpenMP, else this
+    thread and the pool. Only the task's memory is shared; the call returns when all are done.
+
+    Why torch's threads: after each parallel torch op they spin, waiting for work, for
+    up to milliseconds. A thread of ours started then shares a core with a spinning one
+    and runs at half speed, which made the parallel histogram no faster than one thread
+    right after a model's forward pass. Handed to OpenMP, the spinning threads do the work.
+    """
+    address, callback = task.ctypes.data, _callbacks[name]
+    if threads == 1:
+        callback(address)
+    elif _gomp_parallel is not None and _gomp_pid == os.getpid():
+        _gomp_parallel(ctypes.cast(callback, ctypes.c_void_p), address, threads, 0)
+    else:
+        pool = _threads(threads - 1)
+        pending = [pool.submit(callback, address) for _ in range(threads - 1)]
+        callback(address)  # ctypes releases the GIL for the call
+        for job in pending:
+            job.result()
+
+
+def _openmp_entry() -> object | None:
+    """``GOMP_parallel`` of the GNU OpenMP runtime that torch runs on, or None.
+
+    Only a runtime already loaded (by torch) is taken: RTLD_NOLOAD, so nothing new is
+    loaded and no second OpenMP runtime competes for the cores.
+    """
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
     try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel launch yet: assume the slower layer
-        layer = "workqueue"
-    if threads == 1 or n < PARALLEL_FROM.get(layer, PARALLEL_FROM["workqueue"]):
-        return 1
-    numba.set_num_threads(threads)
-    return threads
+        runtime = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        entry = runtime.GOMP_parallel
+    except (OSError, AttributeError):  # another OpenMP (macOS, Windows) or none
+        return None
+    entry.restype = None
+    entry.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    return entry
 
 
 def _load() -> dict | None:
     """Import numba and compile the kernels on first use; None (and AVAILABLE False) if it fails."""
-    global AVAILABLE, numba
+    global AVAILABLE, _gomp_parallel, _gomp_pid
     if _jit or not AVAILABLE:
         return _jit or None
     with _lock:
         if _jit:
             return _jit
         try:
-            import numba as nb
+            compiled = loops.compile_all()
         except ImportError:  # installed but broken (e.g. built for another numpy)
             AVAILABLE = False
             return None
-        if "NUMBA_THREADING_LAYER" not in os.environ:
-            nb.config.THREADING_LAYER = "forksafe"  # TBB if installed, else workqueue
-        numba = nb
-        serial, parallel = nb.njit(cache=True), nb.njit(parallel=True, cache=True)
-        # The parallel wrappers call the serial kernels, and these _code, as compiled functions.
-        compiled = {"_code": nb.njit(inline="always", cache=True)(_code)}
-        compiled.update({name: serial(globals()[name]) for name in ("_flat", "_rows", "_count")})
-        globals().update(compiled)
-        _jit.update(flat=_flat, rows=_rows, count=_count, flat_parallel=parallel(_flat_parallel),
-                    rows_parallel=parallel(_rows_parallel), count_parallel=parallel(_count_parallel))
+        # GNU OpenMP hangs in a forked child whose parent ran a parallel region: a child
+        # (DataLoader worker) uses the pool of Python threads instead.
+        _gomp_parallel, _gomp_pid = _openmp_entry(), os.getpid()
+        callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+        _callbacks.update({name: callback(entry.address) for name, entry in compiled.items()
+                           if name.startswith("team_")})
+        _jit.update(compiled)  # holds the callbacks' code too
     return _jit
-
-
-# --- the kernels (plain Python here; numba compiles them in _load) ------------------
-
-
-def _code(v, s, z, qmin, qmax):
-    """One code: true float32 division, round half to even, + z, saturate; NaN gives (qmin, 1)."""
-    r = np.rint(v / s) + z
-    if r != r:
-        return qmin, 1
-    return min(max(r, qmin), qmax), 0
-
-
-def _flat(x, s, z, qmin, qmax, out):
-    """Per-tensor codes of a 1-D slice; returns its NaN count."""
-    nan = 0
-    for i in range(x.size):
-        code, bad = _code(x[i], s, z, qmin, qmax)
-        out[i] = code
-        nan += bad
-    return nan
-
-
-def _rows(x, s, z, qmin, qmax, out, first_row):
-    """Codes of rows ``first_row, first_row + 1, ...`` of ``(rows, inner)``; row r uses
-    channel ``r % channels`` (counted along, not divided, so short rows stay cheap)."""
-    channels = s.size
-    c = first_row % channels
-    nan = 0
-    for r in range(x.shape[0]):
-        sc, zc = s[c], z[c]
-        for j in range(x.shape[1]):
-            code, bad = _code(x[r, j], sc, zc, qmin, qmax)
-            out[r, j] = code
-            nan += bad
-        c = c + 1 if c + 1 < channels else 0
-    return nan
-
-
-def _flat_parallel(x, s, z, qmin, qmax, out, chunks):
-    step = (x.size + chunks - 1) // chunks
-    nan = 0
-    for c in numba.prange(chunks):
-        part = slice(c * step, min(x.size, (c + 1) * step))
-        nan += _flat(x[part], s, z, qmin, qmax, out[part])
-    return nan
-
-
-def _rows_parallel(x, s, z, qmin, qmax, out, chunks):
-    rows = x.shape[0]
-    step = (rows + chunks - 1) // chunks
-    nan = 0
-    for c in numba.prange(chunks):
-        first = min(rows, c * step)
-        part = slice(first, min(rows, (c + 1) * step))
-        nan += _rows(x[part], s, z, qmin, qmax, out[part], first)
-    return nan
-
-
-def _count(x, inv, kf, bins, absolute, fix_negative, lo, hi, counts):
-    """Add the cells of a slice to ``counts``; returns (outside, nan, lo, hi).
-
-    Block by block: the cells in a loop the compiler vectorises, then the counting,
-    which is the slow part (a scattered increment per value). NaN is clamped to the
-    cell below the grid before the integer conversion, so it is counted as outside.
-    """
-    below, above, size = np.float32(-1), np.float32(bins), np.uint32(bins)
-    cells = np.empty(_BLOCK, np.uint32)  # unsigned: no negative-index wraparound code
-    outside = nan = 0
-    for start in range(0, x.size, _BLOCK):
-        block = x[start : start + _BLOCK]
-        beyond = bad = np.int32(0)  # 32-bit counters keep the loop 8 floats wide
-        for j in range(block.size):
-            v = block[j]
-            beyond += np.int32((v < lo) | (v > hi))
-            bad += np.int32(v != v)
-            f = np.floor(abs(v * inv) if absolute else v * inv)
-            # v · 2^-e underflowed to -0.0, but v lies below 0 (bin_counts' fix)
-            f = below if fix_negative and (f == 0) & (v < 0) else f
-            f = f - kf  # exact: integers, and exact on the grid (a result below 2**24)
-            f = f if f > below else below
-            f = f if f < above else above
-            cells[j] = np.uint32(np.int32(f))  # -1 (below the grid, NaN) wraps to 2**32 - 1
-        nan += bad
-        if beyond:
-            for j in range(block.size):
-                lo = block[j] if block[j] < lo else lo
-                hi = block[j] if block[j] > hi else hi
-        for j in range(block.size):
-            if cells[j] < size:
-                counts[cells[j]] += 1
-            else:
-                outside += 1
-    return outside, nan, lo, hi
-
-
-def _count_parallel(x, inv, kf, bins, absolute, fix_negative, lo, hi, chunks):
-    """One slice per thread, each with its own counts (no shared writes), summed at the end."""
-    step = (x.size + chunks - 1) // chunks
-    local = np.zeros((chunks, bins), np.int64)
-    outside = np.zeros(chunks, np.int64)
-    nan = np.zeros(chunks, np.int64)
-    los = np.full(chunks, lo)
-    his = np.full(chunks, hi)
-    for c in numba.prange(chunks):
-        part = x[c * step : min(x.size, (c + 1) * step)]
-        outside[c], nan[c], los[c], his[c] = _count(part, inv, kf, bins, absolute, fix_negative, lo, hi,
-                                                    local[c])
-    return local.sum(axis=0), outside.sum(), nan.sum(), los.min(), his.max()
-
-
-# Values per block: the cells of one block stay in L1.
-_BLOCK = 512
