@@ -46,6 +46,7 @@ from torch import Tensor
 
 from lowbit.errors import FormatError, ObserverError
 from lowbit.formats.qformat import QFormat, get_format
+from lowbit.observers import shared_input
 from lowbit.observers import sync as dist_sync
 from lowbit.observers.base import Observer
 from lowbit.observers.range_select import entropy_threshold, mse_range, percentile_range
@@ -160,6 +161,17 @@ class HistogramObserver(Observer):
         return folded, edges
 
     # --- observing ------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Fold one batch into the state (see `Observer.update`).
+
+        When the same unchanged tensor was just observed by a histogram observer of
+        this configuration in this state (the query, key and value inputs of a
+        transformer block), its resulting state is copied instead of recomputed
+        (`lowbit.observers.shared_input`).
+        """
+        shared_input.update(self, x, super().update)
+
     def _reduce(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The batch's range and, where the numba kernel runs, its counts: one pass.
 
@@ -172,28 +184,28 @@ class HistogramObserver(Observer):
         """
         self._pending(None)
         if self.has_data:
-            e, k = self.grid()
-            window = (e, k - self.bins)
             lo, hi = float(self.min_val), float(self.max_val)
+            e, k = old = self._grid_of(lo, hi)
+            window = (e, k - self.bins)
             fused = kernels.histogram(x, *window, 3 * self.bins, self.absolute, lo, hi)
             if fused is not None and not fused.nan and math.isfinite(fused.lo) and math.isfinite(fused.hi):
                 if not fused.outside:
-                    self._pending((window, fused.counts))
+                    self._pending((window, fused.counts, old))
                 # The range of batch and state together: _observe takes the union anyway.
                 return torch.tensor(fused.lo), torch.tensor(fused.hi)
         return super()._reduce(x)
 
-    def _pending(self, binned: tuple[tuple[int, int], Tensor] | None) -> None:
+    def _pending(self, binned: tuple[tuple[int, int], Tensor, tuple[int, int]] | None) -> None:
         # A plain attribute, set past nn.Module.__setattr__ (which checks for parameters,
         # buffers and modules on every assignment: ~15 us, per update).
         object.__setattr__(self, "_binned", binned)
 
     def _observe(self, x: Tensor, lo: Tensor, hi: Tensor) -> None:
-        binned = getattr(self, "_binned", None)
+        binned = getattr(self, "_binned", None)  # (window, its counts, the grid before)
         self._pending(None)
         lo_f, hi_f = float(lo), float(hi)
         if self.has_data:
-            old = self.grid()
+            old = self.grid() if binned is None else binned[2]
             lo_f = min(lo_f, float(self.min_val))
             hi_f = max(hi_f, float(self.max_val))
             new = self._grid_of(lo_f, hi_f)
