@@ -79,6 +79,10 @@ def quantize(
     if fmt.kind == "float":
         if rounding != "half_even":
             raise FormatError(f"{fmt.name} casts round half to even; use rounding='half_even'")
+        if saturate and fmt.storage_dtype in TORCH_CASTS and out is None:
+            codes = _quantize_torch_cast(work, scale_b, fmt)
+            if codes is not None:
+                return codes.reshape(x.shape)
         return floats.encode(work.float() / scale_b, fmt, saturate=saturate).reshape(x.shape)
     if fmt.kind == "binary":
         # sign(0) is +1 so that every code is one of the two levels.
@@ -134,6 +138,32 @@ def _quantize_half_even(
         sums.append(b.sum())
         os.copy_(b)
     _check_nan(bool(torch.stack(sums).isnan().any()), work)
+
+
+# Float formats whose torch cast from float32 rounds half to even exactly as ONNX Cast
+# does (checked bit for bit on every tie region of float32 in tests/primitives).
+TORCH_CASTS = (torch.float8_e4m3fn, torch.float8_e5m2, torch.float16, torch.bfloat16)
+
+
+def _quantize_torch_cast(work: Tensor, scale_b: Tensor, fmt: QFormat) -> Tensor | None:
+    """Saturating float codes by torch's own cast, chunk by chunk: ``x / s``, clamp to
+    ±max_finite (saturation, Inf included), cast. None when ``x / s`` has NaN: its code
+    (sign and payload) is `floats.encode`'s to define, so the caller runs that instead."""
+    out = torch.empty(work.shape, dtype=fmt.storage_dtype, device=work.device)
+    limit = fmt.max_finite
+    buf = None
+    sums = []
+    for xs, ss, os in chunks(work, scale_b, out):
+        if buf is None:
+            buf = torch.empty(xs.numel(), dtype=torch.float32, device=work.device)
+        b = buf[: xs.numel()].view(xs.shape)
+        torch.div(xs if xs.dtype == torch.float32 else xs.float(), ss, out=b)
+        b.clamp_(-limit, limit)
+        # NaN iff a NaN came in, but for bfloat16's huge range, where +inf - inf can make
+        # one too: then the caller's exact path runs, no harm done
+        sums.append(b.sum())
+        os.copy_(b)
+    return None if bool(torch.stack(sums).isnan().any()) else out
 
 
 def _check_nan(has_nan: bool, x: Tensor) -> None:
