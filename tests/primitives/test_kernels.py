@@ -64,7 +64,9 @@ def kernel_mode(request, monkeypatch):
     """Every test twice: on the calling thread only (small inputs), and split into one slice
     per thread, which the parallel mode does to even these small inputs. The suite runs
     on one thread (conftest); a split needs two."""
-    monkeypatch.setattr(kernels, "PARALLEL_FROM", 1 << 40 if request.param == "serial" else 16)
+    size = 1 << 40 if request.param == "serial" else 16
+    monkeypatch.setattr(kernels, "PARALLEL_FROM", size)
+    monkeypatch.setattr(kernels, "PARALLEL_HISTOGRAM_FROM", size)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield request.param
@@ -207,18 +209,33 @@ def test_thread_count_follows_torch(kernel_mode, monkeypatch):
 
 @needs_numba
 def test_slices_cover_the_input_once(kernel_mode):
-    kernels_from = kernels.PARALLEL_FROM
+    threshold = 1000
     torch.set_num_threads(3)
     for n in (1, 2, 3, 4, 10, 1001):
-        for per_item in (1, kernels_from):
-            slices = kernels._slices(n, per_item)
+        for per_item, longest in ((1, None), (threshold, None), (1, 3)):
+            slices = kernels._slices(n, threshold, per_item, longest=longest)
             assert slices[0][0] == 0 and slices[-1][1] == n
-            assert all(a < b for a, b in slices) and all(b == c for (_, b), (c, _) in itertools.pairwise(slices))
-            if n * per_item < kernels_from:
+            assert all(a < b for a, b in slices)
+            assert all(b == c for (_, b), (c, _) in itertools.pairwise(slices))
+            if longest is not None:  # as many as it takes
+                assert all(b - a <= longest for a, b in slices)
+            elif n * per_item < threshold:
                 assert slices == [(0, n)]
             else:  # at most one per thread, balanced
                 assert 1 < len(slices) <= 3 or n == 1
                 assert all(b - a <= -(-n // 3) for a, b in slices)
+
+
+@needs_numba
+def test_histogram_with_more_slices_than_threads_equals_numpy(monkeypatch):
+    # Threads claim slices until none is left; scratch counts must be clean for every call.
+    gen = torch.Generator().manual_seed(4)
+    for longest in (997, 50_000, 7):
+        monkeypatch.setattr(kernels.loops, "LONGEST_SLICE", longest)
+        x = torch.randn(100_003, generator=gen) * 3
+        grid = grid_for(float(x.min()), float(x.max()), 512)
+        edges = (torch.arange(513, dtype=torch.float64) + grid[1]) * math.ldexp(1.0, grid[0])
+        np.testing.assert_array_equal(bin_counts(x, grid, 512).numpy(), numpy_counts([x], edges, False))
 
 
 code_values = arrays(np.float32, st.integers(1, 300),

@@ -22,7 +22,7 @@ BLOCK = 512
 
 # Layout of a histogram task (an int64 array): a header, then one record per slice.
 HEADER = 8  # slices, bins, absolute, fix_negative, reals, found, cells_int32, next slice
-RECORD = 4  # address of x, values, address of counts (int32, 4 x (bins + 1)), of cells
+RECORD = 5  # addresses of x, values, addresses of scratch counts, of cells, of the output
 NEXT = 7  # the header slot `claim` increments
 # Values per slice at most: int32 counts cannot overflow.
 LONGEST_SLICE = 2**31 - 1
@@ -77,14 +77,15 @@ def team_count(task_address):
         at = HEADER + RECORD * s
         x = carray(pointer(task[at], np.float32), task[at + 1])
         counts = carray(pointer(task[at + 2], np.int32), (4, bins + 1))
+        out = carray(pointer(task[at + 4], np.int64), bins + 1)
         if task[6]:
             cells = carray(pointer(task[at + 3], np.int32), BLOCK)
             nan, lo, hi = count(x, reals[0], reals[1], bins, task[2] != 0, task[3] != 0, reals[2],
-                                reals[3], counts, cells)
+                                reals[3], counts, cells, out)
         else:
             cells = carray(pointer(task[at + 3], np.uint16), BLOCK)
             nan, lo, hi = count(x, reals[0], reals[1], bins, task[2] != 0, task[3] != 0, reals[2],
-                                reals[3], counts, cells)
+                                reals[3], counts, cells, out)
         found[3 * s], found[3 * s + 1], found[3 * s + 2] = nan, lo, hi
 
 
@@ -122,14 +123,15 @@ def rows(x, s, z, qmin, qmax, out, first_row):
     return nan
 
 
-def count(x, inv, kf, bins, absolute, fix_negative, lo, hi, counts, cells):
-    """Counts of a slice's cells into ``counts[0, :bins]``, and of the values off the grid
-    (NaN included) into ``counts[0, bins]``; returns (nan, lo, hi).
+def count(x, inv, kf, bins, absolute, fix_negative, lo, hi, counts, cells, out):
+    """Adds the counts of a slice's cells to ``out[:bins]`` (int64), and of the values off
+    the grid (NaN included) to ``out[bins]``; returns (nan, lo, hi).
 
-    ``counts`` is int32 scratch of four rows, overwritten: fewer than 2**31 values per
-    slice (the caller's job), and int32 keeps the rows that the data touches in L1.
-    ``cells`` is scratch for one block (uint16 where the cells fit: the kernel runs
-    faster on it).
+    ``counts`` is int32 scratch of four rows, zero on entry and left zero: only the
+    cells the slice touched are summed into ``out`` and cleared, so a small slice
+    costs no pass over all the bins. int32: fewer than 2**31 values per slice (the
+    caller's job), and the rows that the data touches stay in L1. ``cells`` is
+    scratch for one block (uint16 where the cells fit: the kernel runs faster on it).
 
     Block by block: the cells in a loop the compiler vectorises, then the counting,
     which is the slow part (a scattered increment per value). A block that may hold
@@ -140,20 +142,21 @@ def count(x, inv, kf, bins, absolute, fix_negative, lo, hi, counts, cells):
     vectorised loop; ``|x|`` cells say nothing of the sign, so there the values are
     compared.
     """
-    counts[:] = 0
     off = np.float32(bins)
     clo = position(lo, inv, kf, fix_negative)
     chi = min(position(hi, inv, kf, fix_negative), off)  # off the grid: always searched
     nan = 0
+    first, last = bins, 0  # the cells touched
     for start in range(0, x.size, BLOCK):
         block = x[start : start + BLOCK]
         # One loop per case, each with its constants folded in (the loop stays vectorised).
         if absolute:
-            unusual = cells_absolute(block, cells, inv, kf, off, lo, hi)
+            unusual, low, high = cells_absolute(block, cells, inv, kf, off, lo, hi)
         elif fix_negative:
-            unusual = cells_signed(block, cells, inv, kf, off, clo, chi, True)
+            unusual, low, high = cells_signed(block, cells, inv, kf, off, clo, chi, True)
         else:
-            unusual = cells_signed(block, cells, inv, kf, off, clo, chi, False)
+            unusual, low, high = cells_signed(block, cells, inv, kf, off, clo, chi, False)
+        first, last = min(first, low), max(last, high)
         if unusual:
             for j in range(block.size):
                 v = block[j]
@@ -170,8 +173,9 @@ def count(x, inv, kf, bins, absolute, fix_negative, lo, hi, counts, cells):
             counts[3, cells[j + 3]] += 1
         for j in range(quads, block.size):
             counts[0, cells[j]] += 1
-    for i in range(bins + 1):
-        counts[0, i] += counts[1, i] + counts[2, i] + counts[3, i]
+    for i in range(first, last + 1):
+        out[i] += counts[0, i] + counts[1, i] + counts[2, i] + counts[3, i]
+        counts[0, i] = counts[1, i] = counts[2, i] = counts[3, i] = 0
     return nan, lo, hi
 
 
@@ -184,7 +188,8 @@ def position(v, inv, kf, fix_negative):
 
 
 def cells_signed(block, cells, inv, kf, off, clo, chi, fix_negative):
-    """Cells of a block (``off`` where off the grid or NaN); whether it may leave ``[lo, hi]``."""
+    """Cells of a block (``off`` where off the grid or NaN); whether it may leave ``[lo, hi]``,
+    and its smallest and largest cell."""
     low, high = np.int32(off), np.int32(0)
     for j in range(block.size):
         f = position(block[j], inv, kf, fix_negative)
@@ -192,17 +197,21 @@ def cells_signed(block, cells, inv, kf, off, clo, chi, fix_negative):
         low = min(low, cell)
         high = max(high, cell)
         cells[j] = cell
-    return (low <= clo) | (high >= chi)
+    return (low <= clo) | (high >= chi), low, high
 
 
 def cells_absolute(block, cells, inv, kf, off, lo, hi):
-    """Cells of ``|x|`` in a block; whether it holds NaN or a value outside ``[lo, hi]``."""
-    unusual = np.int32(0)
+    """Cells of ``|x|`` in a block; whether it holds NaN or a value outside ``[lo, hi]``,
+    and its smallest and largest cell."""
+    unusual, low, high = np.int32(0), np.int32(off), np.int32(0)
     for j in range(block.size):
         v = block[j]
         unusual |= np.int32((v < lo) | (v > hi) | (v != v))
         f = np.floor(abs(v * inv)) - kf
-        cells[j] = np.int32(f if (f >= 0) & (f < off) else off)
-    return unusual != 0
+        cell = np.int32(f if (f >= 0) & (f < off) else off)
+        low = min(low, cell)
+        high = max(high, cell)
+        cells[j] = cell
+    return unusual != 0, low, high
 
 

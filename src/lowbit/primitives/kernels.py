@@ -59,7 +59,7 @@ AVAILABLE = importlib.util.find_spec("numba") is not None
 _jit: dict = {}
 _callbacks: dict = {}  # the C callbacks in _jit, as ctypes functions
 _lock = threading.Lock()
-_per_thread = threading.local()  # scratch memory, see _scratch
+_per_thread = threading.local()  # prepared histogram tasks, see _histogram_task
 # The threads that run all slices but the first, where OpenMP does not:
 # (pool, its size, the process it belongs to).
 _pool: tuple[ThreadPoolExecutor, int, int] | None = None
@@ -69,9 +69,11 @@ _gomp_pid = -1
 
 # Code containers the quantize kernel writes into directly.
 _CODE_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.uint16)
-# Inputs at least this large are split across threads: a hand-off costs 20-50 us, about
-# the time to quantize or bin 1e5 values on one thread (measured on a 2-core VM).
+# Inputs at least this large are split across threads: a hand-off to the pool of Python
+# threads costs 20-50 us, about the time to quantize 1e5 values on one thread; to OpenMP's
+# threads less (measured on a 2-core VM).
 PARALLEL_FROM = 1 << 18
+PARALLEL_HISTOGRAM_FROM = 1 << 17
 
 
 def quantize_into(
@@ -101,14 +103,14 @@ def quantize_into(
     if layout == ():
         s, z = np.float32(float(scale)), np.float32(0.0 if zero_point is None else float(zero_point))
         xs, os_ = xs.reshape(-1), os_.reshape(-1)
-        slices = _slices(xs.size)
+        slices = _slices(xs.size, PARALLEL_FROM)
         return sum(_run(_jit["flat"], [(xs[a:b], s, z, lo, hi, os_[a:b]) for a, b in slices]))
     outer, channels, inner = layout
     s = scale.reshape(channels).numpy()
     z = np.zeros(channels, np.float32) if zero_point is None else zero_point.reshape(channels).numpy()
     shape = (outer * channels, inner)  # row r has channel r % channels
     xs, os_ = xs.reshape(shape), os_.reshape(shape)
-    slices = _slices(shape[0], per_item=inner)
+    slices = _slices(shape[0], PARALLEL_FROM, per_item=inner)
     return sum(_run(_jit["rows"], [(xs[a:b], s, z, lo, hi, os_[a:b], a) for a, b in slices]))
 
 
@@ -143,31 +145,53 @@ def histogram(
     if not exact or not _usable(x) or _load() is None:
         return None
     flat = x.detach().reshape(-1).numpy()
-    slices = _slices(flat.size, longest=loops.LONGEST_SLICE)
+    slices = _slices(flat.size, PARALLEL_HISTOGRAM_FROM, longest=loops.LONGEST_SLICE)
     n = len(slices)
-    # Per slice: scratch for four rows of int32 counts (see kernel_loops.count; the extra
-    # last column takes the values off the grid) and for one block of cells; what it
-    # found (NaN count, lo, hi). The scratch is kept per thread: fresh memory this size
-    # costs page faults on every call.
-    wide = bins >= 2**16
-    counts = _scratch("counts", (n, 4, bins + 1), np.int32)
-    cells = _scratch("cells", (n, loops.BLOCK), np.int32 if wide else np.uint16)
-    found = np.empty((n, 3))
-    reals = np.array([inv, kf, lo, hi], np.float32)
-    task = np.empty(loops.HEADER + loops.RECORD * n, np.int64)
-    task[: loops.HEADER] = (n, bins, absolute, e > 0 and not absolute, reals.ctypes.data,
-                            found.ctypes.data, wide, 0)
-    records = task[loops.HEADER :].reshape(n, loops.RECORD)
-    records[:, 0] = flat.ctypes.data + flat.itemsize * np.array([a for a, _ in slices])
-    records[:, 1] = [b - a for a, b in slices]
-    records[:, 2] = counts.ctypes.data + counts.strides[0] * np.arange(n)
-    records[:, 3] = cells.ctypes.data + cells.strides[0] * np.arange(n)
+    prepared = _histogram_task(n, bins)
+    prepared.reals[:] = (inv, kf, lo, hi)
+    task, records = prepared.task, prepared.records
+    task[2], task[3], task[loops.NEXT] = absolute, e > 0 and not absolute, 0
+    out = np.zeros((n, bins + 1), np.int64)  # per slice: its counts, then the values off the grid
+    x_at, out_at = flat.ctypes.data, out.ctypes.data
+    for i, (a, b) in enumerate(slices):
+        records[i, 0], records[i, 1], records[i, 4] = x_at + 4 * a, b - a, out_at + out.strides[0] * i
     _team("team_count", task, n)
-    total = counts[0, 0].astype(np.int64)
+    total = out[0]
     for i in range(1, n):
-        total += counts[i, 0]
+        total += out[i]
+    found = prepared.found
     nan, lo, hi = found[0].tolist() if n == 1 else (found[:, 0].sum(), found[:, 1].min(), found[:, 2].max())
     return Binned(torch.from_numpy(total[:bins]), int(total[bins]), int(nan), float(lo), float(hi))
+
+
+class _HistogramTask:
+    """A histogram task for ``slices`` slices on ``bins`` bins, with its scratch memory:
+    made once per shape and thread, then only the inputs change (fresh memory this size
+    costs page faults, and a task built anew costs more Python than the small inputs'
+    binning)."""
+
+    def __init__(self, slices: int, bins: int) -> None:
+        wide = bins >= 2**16
+        self.counts = np.zeros((slices, 4, bins + 1), np.int32)  # zero between calls (count)
+        self.cells = np.empty((slices, loops.BLOCK), np.int32 if wide else np.uint16)
+        self.found = np.empty((slices, 3))  # per slice: NaN count, lo, hi
+        self.reals = np.empty(4, np.float32)  # inv, kf, lo, hi
+        self.task = np.zeros(loops.HEADER + loops.RECORD * slices, np.int64)
+        self.task[: loops.HEADER] = (slices, bins, 0, 0, self.reals.ctypes.data, self.found.ctypes.data,
+                                     wide, 0)
+        self.records = self.task[loops.HEADER :].reshape(slices, loops.RECORD)
+        self.records[:, 2] = self.counts.ctypes.data + self.counts.strides[0] * np.arange(slices)
+        self.records[:, 3] = self.cells.ctypes.data + self.cells.strides[0] * np.arange(slices)
+
+
+def _histogram_task(slices: int, bins: int) -> _HistogramTask:
+    kept = getattr(_per_thread, "histogram_tasks", None)
+    if kept is None or len(kept) > 8:  # a few shapes per thread, not one per grid ever seen
+        kept = _per_thread.histogram_tasks = {}
+    task = kept.get((slices, bins))
+    if task is None:
+        task = kept[slices, bins] = _HistogramTask(slices, bins)
+    return task
 
 
 def _usable(x: Tensor) -> bool:
@@ -195,26 +219,17 @@ def _channel_layout(shape: torch.Size, param: Tensor) -> tuple[int, ...] | None:
     return math.prod(shape[:a]), math.prod(shape[a:b]), math.prod(shape[b:])
 
 
-def _slices(n: int, per_item: int = 1, longest: int | None = None) -> list[tuple[int, int]]:
+def _slices(n: int, parallel_from: int, per_item: int = 1,
+            longest: int | None = None) -> list[tuple[int, int]]:
     """``[start, stop)`` of the slices to cut ``n`` items (of ``per_item`` values each) into:
-    one per thread that torch may use, or one when the input is small; more where a
-    slice would be longer than ``longest`` items."""
+    one per thread that torch may use, or one when there are fewer than ``parallel_from``
+    values; more where a slice would be longer than ``longest`` items."""
     threads = max(1, torch.get_num_threads())
-    parts = 1 if threads == 1 or n * per_item < PARALLEL_FROM else threads
+    parts = 1 if threads == 1 or n * per_item < parallel_from else threads
     if longest is not None:
         parts = max(parts, -(-n // longest))
     step = -(-n // parts)
     return [(a, min(n, a + step)) for a in range(0, n, step)]
-
-
-def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-    """An uninitialised array of ``shape``, reused by this thread's later calls."""
-    kept = getattr(_per_thread, name, None)
-    size = math.prod(shape)
-    if kept is None or kept.dtype != dtype or kept.size < size:
-        kept = np.empty(size, dtype)
-        setattr(_per_thread, name, kept)
-    return kept[:size].reshape(shape)
 
 
 def _run(kernel, jobs: list[tuple]) -> list:
