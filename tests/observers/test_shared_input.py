@@ -33,8 +33,8 @@ def computed_alone(*xs: torch.Tensor) -> HistogramObserver:
 def computed(monkeypatch):
     """How many updates were computed (not copied)."""
     calls = []
-    reduce = HistogramObserver._reduce
-    monkeypatch.setattr(HistogramObserver, "_reduce", lambda self, x: calls.append(1) or reduce(self, x))
+    update = HistogramObserver._update
+    monkeypatch.setattr(HistogramObserver, "_update", lambda self, x: calls.append(1) or update(self, x))
     return calls
 
 
@@ -107,3 +107,23 @@ def test_small_tensors_skip_the_bookkeeping(computed):
     b(x)
     assert len(computed) == 2
     assert_same_state(a, b)
+
+
+def test_a_leader_changed_since_its_update_is_not_copied(computed):
+    x = batches(1)[0]
+    a, b = HistogramObserver(), HistogramObserver()
+    a(x)
+    a.counts.mul_(2)  # in place, after the update: b must not take this
+    b(x)
+    assert len(computed) == 2
+    assert_same_state(b, computed_alone(x))
+
+
+def test_a_copy_does_not_share_memory_with_its_source(computed):
+    x, y = batches(2)
+    a, b = HistogramObserver(), HistogramObserver()
+    a(x)
+    b(x)
+    assert len(computed) == 1
+    a(y)
+    assert_same_state(b, computed_alone(x))

@@ -131,7 +131,7 @@ class Observer(nn.Module):
         return int(self.seen) > 0
 
     def _check_shape(self, x: Tensor) -> None:
-        if not self.has_data or self.granularity.kind == "tensor":
+        if self.granularity.kind == "tensor" or not self.has_data:
             return
         first = tuple(int(d) for d in self.input_shape.tolist())
         if self.granularity.kind == "channel":

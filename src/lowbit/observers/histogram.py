@@ -39,6 +39,7 @@ counts are the same.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,12 +49,27 @@ from lowbit.errors import FormatError, ObserverError
 from lowbit.formats.qformat import QFormat, get_format
 from lowbit.observers import shared_input
 from lowbit.observers import sync as dist_sync
-from lowbit.observers.base import Observer
+from lowbit.observers.base import SYNCED, UPDATED_AFTER_SYNC, Observer
 from lowbit.observers.range_select import entropy_threshold, mse_range, percentile_range
+from lowbit.observers.stamp import stamp, unchanged
 from lowbit.primitives import kernels
 from lowbit.primitives.qparams import QParams, qparams_from_minmax
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
+# The buffers that hold a histogram observer's state.
+_STATE = shared_input.STATE
+
+
+class Known(NamedTuple):
+    """A histogram observer's scalars, mirrored in Python (see `HistogramObserver._update`)."""
+
+    stamp: tuple  # the buffers these describe (`lowbit.observers.stamp`)
+    lo: float
+    hi: float
+    grid: tuple[int, int]
+    sync_state: int
+    seen: int
+    input_shape: tuple[int, ...]
 
 # Finest bin width 2**E_MIN; 2**-E_MIN must be a normal float32 for the binning multiply.
 E_MIN = -126
@@ -170,7 +186,64 @@ class HistogramObserver(Observer):
         transformer block), its resulting state is copied instead of recomputed
         (`lowbit.observers.shared_input`).
         """
-        shared_input.update(self, x, super().update)
+        shared_input.update(self, x, self._update)
+
+    def _update(self, x: Tensor) -> None:
+        """`Observer.update`, or its steps for the common case with less bookkeeping.
+
+        Calibration calls this for every activation of every batch, and right after
+        the model's own work has pushed the interpreter out of the CPU caches, where a
+        few dozen small tensor operations cost a good part of a millisecond. So the
+        scalars of the state are mirrored in Python (`Known`), valid while the buffers
+        are the very tensors this method left, unwritten since (`stamp`).
+        """
+        known = self.known_state()
+        if known is None or not isinstance(x, Tensor):
+            Observer.update(self, x)
+            self._remember()
+            return
+        window = (known.grid[0], known.grid[1] - self.bins)
+        fused = kernels.histogram(x, *window, 3 * self.bins, self.absolute, known.lo, known.hi)
+        if fused is None or fused.nan or not (math.isfinite(fused.lo) and math.isfinite(fused.hi)):
+            Observer.update(self, x)  # no kernel for x, or NaN / Inf: raised there
+            self._remember()
+            return
+        binned = (window, None if fused.outside else fused.counts, known.grid, known.lo, known.hi)
+        grid = self._fold(x, fused.lo, fused.hi, binned)
+        self.seen.add_(1)
+        sync_state = known.sync_state
+        if sync_state == SYNCED:
+            sync_state = UPDATED_AFTER_SYNC
+            self.sync_state.fill_(sync_state)
+        known = Known(stamp(self, _STATE), fused.lo, fused.hi, grid, sync_state, known.seen + 1,
+                      known.input_shape)
+        object.__setattr__(self, "_known", known)  # past nn.Module.__setattr__ (see _pending)
+
+    def known_state(self) -> Known | None:
+        """The state's scalars without reading a buffer; None if unknown (no data yet, or a
+        buffer written or replaced since this observer's last update)."""
+        known = self.__dict__.get("_known")
+        if known is None or not unchanged(self, _STATE, known.stamp):
+            return None
+        return known
+
+    def state_summary(self) -> tuple:
+        """The state, exactly and cheaply: a copy of the counts, and the scalars."""
+        known = self.known_state()
+        if known is None:
+            scalars = (float(self.min_val), float(self.max_val), int(self.seen),
+                       tuple(self.input_shape.tolist()), int(self.sync_state))
+        else:
+            scalars = (known.lo, known.hi, known.seen, known.input_shape, known.sync_state)
+        return (self.counts.clone(), *scalars)
+
+    def _remember(self) -> None:
+        known = None
+        if self.has_data:
+            lo, hi = float(self.min_val), float(self.max_val)
+            known = Known(stamp(self, _STATE), lo, hi, self._grid_of(lo, hi), int(self.sync_state),
+                          int(self.seen), tuple(self.input_shape.tolist()))
+        object.__setattr__(self, "_known", known)
 
     def _reduce(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The batch's range and, where the numba kernel runs, its counts: one pass.
@@ -189,31 +262,42 @@ class HistogramObserver(Observer):
             window = (e, k - self.bins)
             fused = kernels.histogram(x, *window, 3 * self.bins, self.absolute, lo, hi)
             if fused is not None and not fused.nan and math.isfinite(fused.lo) and math.isfinite(fused.hi):
-                if not fused.outside:
-                    self._pending((window, fused.counts, old))
-                # The range of batch and state together: _observe takes the union anyway.
+                # Counts only if every value landed in the window. The range returned is
+                # that of batch and state together (the kernel started from the state's).
+                self._pending((window, None if fused.outside else fused.counts, old, lo, hi))
                 return torch.tensor(fused.lo), torch.tensor(fused.hi)
         return super()._reduce(x)
 
-    def _pending(self, binned: tuple[tuple[int, int], Tensor, tuple[int, int]] | None) -> None:
+    def _pending(self, binned: tuple | None) -> None:
         # A plain attribute, set past nn.Module.__setattr__ (which checks for parameters,
         # buffers and modules on every assignment: ~15 us, per update).
         object.__setattr__(self, "_binned", binned)
 
     def _observe(self, x: Tensor, lo: Tensor, hi: Tensor) -> None:
-        binned = getattr(self, "_binned", None)  # (window, its counts, the grid before)
+        binned = getattr(self, "_binned", None)
         self._pending(None)
-        lo_f, hi_f = float(lo), float(hi)
-        if self.has_data:
-            old = self.grid() if binned is None else binned[2]
-            lo_f = min(lo_f, float(self.min_val))
-            hi_f = max(hi_f, float(self.max_val))
+        self._fold(x, float(lo), float(hi), binned)
+
+    def _fold(self, x: Tensor, lo_f: float, hi_f: float, binned: tuple | None) -> tuple[int, int]:
+        """Add ``x`` to the state, whose range grows to ``[lo_f, hi_f]``; returns the new grid.
+
+        ``binned``: None, or what the kernel found on its window: ``(window, its counts
+        or None if values fell off it, the grid before, the range before)``; the range
+        given then already holds the state's.
+        """
+        if binned is not None or self.has_data:
+            if binned is None:
+                old = self.grid()
+                lo_f = min(lo_f, float(self.min_val))
+                hi_f = max(hi_f, float(self.max_val))
+            else:
+                old = binned[2]
             new = self._grid_of(lo_f, hi_f)
             if new != old:
                 self.counts = regrid(self.counts, old, new)
         else:
             new = self._grid_of(lo_f, hi_f)
-        if binned is None:
+        if binned is None or binned[1] is None:
             batch = bin_counts(x, new, self.bins, absolute=self.absolute)
         elif binned[0][0] == new[0]:
             # The same width: the new grid is a slice of the window, and holds every value.
@@ -222,8 +306,11 @@ class HistogramObserver(Observer):
         else:
             batch = regrid(binned[1], binned[0], new, self.bins)
         self.counts.add_(batch.to(self.counts.device))
-        self.min_val.fill_(lo_f)
-        self.max_val.fill_(hi_f)
+        if binned is None or lo_f != binned[3]:
+            self.min_val.fill_(lo_f)
+        if binned is None or hi_f != binned[4]:
+            self.max_val.fill_(hi_f)
+        return new
 
     def _reset_state(self) -> None:
         self.counts.zero_()
