@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +25,33 @@ def median_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 1) -> 
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_times(candidates: dict[str, Callable[[], object]], rounds: int,
+                      warmup: int = 1) -> dict[str, dict[str, float]]:
+    """Median and quartiles (seconds) of each candidate, timed in shuffled rounds.
+
+    Each round runs every candidate once, in a new random order, so that drift in the
+    machine's speed and what one candidate leaves behind (torch's OpenMP threads spin
+    for a while after each parallel op) fall on all of them alike.
+    """
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    order = list(candidates)
+    shuffle = random.Random(0).shuffle
+    times: dict[str, list[float]] = {name: [] for name in order}
+    for _ in range(rounds):
+        shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            candidates[name]()
+            times[name].append(time.perf_counter() - start)
+    result = {}
+    for name, ts in times.items():
+        q1, _, q3 = statistics.quantiles(ts, n=4) if len(ts) > 1 else (ts[0],) * 3
+        result[name] = {"median": statistics.median(ts), "q1": q1, "q3": q3}
+    return result
 
 
 def machine() -> dict:

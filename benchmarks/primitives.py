@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.ao.quantization import HistogramObserver as TorchHistogramObserver
 
-from common import machine, markdown_table, median_time, write_results
-from lowbit.observers import HistogramObserver, entropy_threshold, percentile_range
+from common import interleaved_times, machine, markdown_table, median_time, write_results
+from lowbit.observers import HistogramObserver, entropy_threshold, percentile_range, shared_input
 from lowbit.primitives import dequantize, fake_quantize, kernels, quantize
 
 warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
@@ -94,33 +94,43 @@ def elementwise(n: int, repeats: int) -> list[dict]:
     return rows
 
 
-def histogram(n: int, repeats: int) -> list[dict]:
-    """Steady updates (range already covers the data) and a calibration stream whose range grows."""
+def histogram(n: int, rounds: int) -> list[dict]:
+    """Steady updates (range already covers the data) and a calibration stream whose range
+    grows, each implementation timed in the same shuffled rounds (`interleaved_times`)."""
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(n, generator=gen)
     stream = [torch.randn(n // 4, generator=gen) * (1 + i / 4) for i in range(16)]
-    rows = []
-    for impl, make, wrap in ((FUSED, lambda: HistogramObserver(bins=2048), lambda fn: fn),
-                             (TORCH_PATH, lambda: HistogramObserver(bins=2048), torch_path),
-                             ("torch.ao HistogramObserver", lambda: TorchHistogramObserver(bins=2048),
-                              lambda fn: fn)):
+    impls = {FUSED: (lambda: HistogramObserver(bins=2048), lambda fn: fn),
+             TORCH_PATH: (lambda: HistogramObserver(bins=2048), torch_path),
+             "torch.ao HistogramObserver": (lambda: TorchHistogramObserver(bins=2048), lambda fn: fn)}
+    steady, growing = {}, {}
+    for impl, (make, wrap) in impls.items():
         observer = make()
         observer(x * 2)
-        steady = median_time(wrap(lambda obs=observer: obs(x)), repeats)
+        steady[impl] = wrap(lambda obs=observer: obs(x))
 
         def calibrate(make=make):
             obs = make()
             for batch in stream:
                 obs(batch)
 
-        growing = median_time(wrap(calibrate), max(1, repeats // 2))
-        rows.append({"op": f"histogram update, steady range ({n:,} elements)", "impl": impl,
-                     "seconds": steady, "GB/s": 4 * n / steady / 1e9})
-        rows.append({"op": f"calibration stream, growing range (16 x {n // 4:,})", "impl": impl,
-                     "seconds": growing, "GB/s": 4 * n * 4 / growing / 1e9})
-    theirs = {row["op"]: row["seconds"] for row in rows if row["impl"].startswith("torch.ao")}
-    for row in rows:
-        row["torch.ao / this"] = theirs[row["op"]] / row["seconds"]
+        growing[impl] = wrap(calibrate)
+    ops = ((f"histogram update, steady range ({n:,} elements)", steady, rounds, 4 * n),
+           (f"calibration stream, growing range (16 x {n // 4:,})", growing, max(3, rounds // 3), 4 * n * 4))
+    rows = []
+    # The two lowbit candidates see the same tensors in the same states: lowbit's observers
+    # would copy each other's result (observers.shared_input). Off here, for this comparison.
+    saved, shared_input.MIN_ELEMENTS = shared_input.MIN_ELEMENTS, 2**62
+    try:
+        timed = [(op, interleaved_times(candidates, op_rounds), nbytes)
+                 for op, candidates, op_rounds, nbytes in ops]
+    finally:
+        shared_input.MIN_ELEMENTS = saved
+    for op, times, nbytes in timed:
+        theirs = times["torch.ao HistogramObserver"]["median"]
+        for impl, t in times.items():
+            rows.append({"op": op, "impl": impl, "seconds": t["median"], "q1": t["q1"], "q3": t["q3"],
+                         "GB/s": nbytes / t["median"] / 1e9, "torch.ao / this": theirs / t["median"]})
     return rows
 
 
@@ -143,10 +153,12 @@ def main() -> None:
     parser.add_argument("--elements", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--histogram-elements", type=int, default=4 * 1024 * 1024)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--histogram-rounds", type=int, default=31,
+                        help="shuffled rounds of histogram updates (the stream gets a third)")
     args = parser.parse_args()
 
     rows = elementwise(args.elements, args.repeats)
-    hist = histogram(args.histogram_elements, max(3, args.repeats // 2))
+    hist = histogram(args.histogram_elements, args.histogram_rounds)
     ranges = range_choice(args.repeats)
     payload = {"machine": machine(), "elements": args.elements, "elementwise": rows,
                "histogram": hist, "range_choice": ranges}
@@ -154,13 +166,15 @@ def main() -> None:
           f"{payload['machine']['threads']} threads, medians of {args.repeats})\n"]
     md.append(markdown_table(["op", "impl", "seconds", "GB/s", "x copy"],
                              [[r["op"], r["impl"], r["seconds"], r["GB/s"], r["x copy"]] for r in rows]))
-    md.append("\n## Histogram observer\n")
-    md.append(markdown_table(["op", "impl", "seconds", "GB/s", "torch.ao / this"],
-                             [[r["op"], r["impl"], r["seconds"], r["GB/s"], r["torch.ao / this"]]
-                              for r in hist]))
-    md.append(f"\n{FUSED} vs torch.ao: {hist[0]['torch.ao / this']:.1f}x faster on steady updates, "
-              f"{hist[1]['torch.ao / this']:.1f}x on a calibration stream whose range grows "
-              f"({TORCH_PATH}: {hist[2]['torch.ao / this']:.1f}x and {hist[3]['torch.ao / this']:.1f}x).\n")
+    md.append(f"\n## Histogram observer (medians and quartiles of {args.histogram_rounds} shuffled rounds)\n")
+    md.append(markdown_table(["op", "impl", "seconds", "q1", "q3", "GB/s", "torch.ao / this"],
+                             [[r["op"], r["impl"], r["seconds"], r["q1"], r["q3"], r["GB/s"],
+                               r["torch.ao / this"]] for r in hist]))
+    ratio = {(r["op"].split(",")[0], r["impl"]): r["torch.ao / this"] for r in hist}
+    steady, stream = "histogram update", "calibration stream"
+    md.append(f"\n{FUSED} vs torch.ao: {ratio[steady, FUSED]:.1f}x faster on steady updates, "
+              f"{ratio[stream, FUSED]:.1f}x on a calibration stream whose range grows "
+              f"({TORCH_PATH}: {ratio[steady, TORCH_PATH]:.1f}x and {ratio[stream, TORCH_PATH]:.1f}x).\n")
     md.append("\n## Range choice from a histogram\n")
     md.append(markdown_table(["op", "ms"], [[r["op"], r["ms"]] for r in ranges]))
     json_path, md_path = write_results("primitives", payload, "".join(md))
