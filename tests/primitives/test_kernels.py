@@ -23,7 +23,7 @@ from lowbit.errors import InputError, ObserverError
 from lowbit.formats import get_format
 from lowbit.observers import HistogramObserver
 from lowbit.observers.histogram import bin_counts, grid_for
-from lowbit.primitives import kernels, quantize
+from lowbit.primitives import dequantize, fake_quantize, kernels, quantize
 
 quantize_module = importlib.import_module("lowbit.primitives.quantize")
 
@@ -394,3 +394,64 @@ def test_kernels_use_two_threads_in_a_forked_child():
         pytest.fail("the kernels hung in a forked child")
     assert child.exitcode == 0
     np.testing.assert_array_equal(want.numpy().astype(np.float64), numpy_quantize(x, 0.05, 0, "int8"))
+
+
+# --- fake quantization ------------------------------------------------------------------
+
+
+def assert_same_floats(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Bit for bit, NaN where NaN (and -0.0 apart from 0.0)."""
+    assert torch.equal(torch.isnan(a), torch.isnan(b))
+    assert torch.equal(a.view(torch.int32)[~torch.isnan(a)], b.view(torch.int32)[~torch.isnan(b)])
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("scale", [0.25, 0.05, 3e-5])
+def test_fake_quantize_per_tensor_equals_fallback(name, scale):
+    fmt = get_format(name)
+    x = tricky(20_011, scale)
+    x[7], x[8] = float("nan"), -float("inf")
+    zp = int(fmt.qmin + fmt.qmax) // 2 + (1 if fmt.kind == "int" else 0)
+    fused, fallback = both_paths(lambda: fake_quantize(x, scale, zp, fmt))
+    assert_same_floats(fused, fallback)
+    finite = torch.isfinite(x)
+    codes = quantize(x[finite], scale, zp, fmt)
+    assert_same_floats(fused[finite], dequantize(codes, scale, zp, fmt))  # = dequantize(quantize(x))
+
+
+@pytest.mark.parametrize("shape,axis,block", [((6, 5000), 0, None), ((3, 7, 11, 13), 1, None),
+                                              ((3, 7, 11, 13), 3, None), ((8, 576), 1, 128),
+                                              ((256, 6), 0, 32)])
+def test_fake_quantize_per_axis_and_blocked_equal_fallback(shape, axis, block):
+    gen = torch.Generator().manual_seed(axis)
+    x = tricky(math.prod(shape), 0.1, seed=2).reshape(shape)
+    n = shape[axis] if block is None else -(-shape[axis] // block)
+    sshape = (n,) if block is None else (*shape[:axis], n, *shape[axis + 1 :])
+    scale = torch.rand(sshape, generator=gen) * 0.2 + 0.01
+    zp = torch.randint(-100, 100, sshape, generator=gen)
+    fused, fallback = both_paths(lambda: fake_quantize(x, scale, zp, "int8", axis=axis, block_size=block))
+    assert_same_floats(fused, fallback)
+
+
+def test_fake_quantize_kernel_keeps_the_gradients():
+    x = tricky(5000, 0.05).requires_grad_()
+    scale = torch.tensor(0.05, requires_grad=True)
+
+    def grads():
+        x.grad = scale.grad = None
+        fake_quantize(x, scale, 3, "int8", grad_scale=0.5).square().sum().backward()
+        return x.grad.clone(), scale.grad.clone()
+
+    (gx, gs), (gx_ref, gs_ref) = both_paths(grads)
+    assert torch.equal(gx, gx_ref) and torch.equal(gs, gs_ref)
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=code_values, scale=st.floats(2.0**-20, 1024.0, width=32), name=st.sampled_from(FORMATS),
+       zp_frac=st.floats(0, 1))
+def test_property_fake_quantize_equals_fallback(values, scale, name, zp_frac):
+    fmt = get_format(name)
+    zp = int(fmt.qmin + (fmt.qmax - fmt.qmin) * zp_frac) if fmt.kind == "int" else 0
+    x = torch.from_numpy(values)
+    fused, fallback = both_paths(lambda: fake_quantize(x, scale, zp, fmt))
+    assert_same_floats(fused, fallback)

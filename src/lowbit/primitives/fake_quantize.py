@@ -22,6 +22,7 @@ from torch import Tensor
 from lowbit.errors import FormatError, QParamsError
 from lowbit.formats import floats
 from lowbit.formats.qformat import QFormat, get_format
+from lowbit.primitives import kernels
 from lowbit.primitives.granularity import expand_to, normalize_axis, reduce_to, scale_shape
 from lowbit.primitives.quantize import chunks
 from lowbit.primitives.rounding import check_rounding, round_tensor
@@ -123,8 +124,13 @@ class _FakeQuantize(torch.autograd.Function):
             zq = torch.round(zero_point).clamp(float(fmt.qmin), float(fmt.qmax))
             z = expand_to(zq, x.shape, axis, block_size)
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        for xs, ss, zs, os in chunks(x, s, z, out):
-            _forward_chunk(xs, ss, zs, fmt, rounding, os)
+        # One fused pass when numba is installed and covers the layout (the same float32
+        # steps, so the same bits); the torch chunks otherwise.
+        fused = fmt.kind != "float" and rounding == "half_even" and kernels.fake_quantize_into(
+            x, s, z if fmt.kind != "float" else None, fmt.qmin, fmt.qmax, out)
+        if not fused:
+            for xs, ss, zs, os in chunks(x, s, z, out):
+                _forward_chunk(xs, ss, zs, fmt, rounding, os)
         ctx.save_for_backward(x, scale, zero_point)
         ctx.meta = (fmt, axis, block_size, rounding, float(grad_scale))
         return out

@@ -56,11 +56,13 @@ def compile_all() -> dict:
     globals().update(pointer=pointer_, claim=claim_, carray=numba.carray)
     inline = numba.njit(inline="always", nogil=True, cache=True)
     globals().update({name: inline(globals()[name])
-                      for name in ("quantize_one", "position", "cells_signed", "cells_absolute")})
+                      for name in ("quantize_one", "fake_one", "position", "cells_signed", "cells_absolute")})
     serial = numba.njit(nogil=True, cache=True)
-    globals().update({name: serial(globals()[name]) for name in ("flat", "rows", "count")})
+    globals().update({name: serial(globals()[name])
+                      for name in ("flat", "rows", "fake_flat", "fake_rows", "count")})
     team = numba.cfunc(types.void(types.CPointer(types.int64)), nogil=True, cache=True)(team_count)
-    return {"flat": flat, "rows": rows, "count": count, "team_count": team}
+    return {"flat": flat, "rows": rows, "fake_flat": fake_flat, "fake_rows": fake_rows, "count": count,
+            "team_count": team}
 
 
 def team_count(task_address):
@@ -95,6 +97,34 @@ def quantize_one(v, s, z, qmin, qmax):
     if r != r:
         return qmin, 1
     return min(max(r, qmin), qmax), 0
+
+
+def fake_one(v, s, z, qmin, qmax):
+    """One fake-quantized value, in `fake_quantize`'s float32 steps: x / s, round half to
+    even, + z, clamp, - z, * s (each rounded as torch rounds it; NaN stays NaN)."""
+    r = np.rint(v / s) + z
+    if r != r:
+        return r
+    return (min(max(r, qmin), qmax) - z) * s
+
+
+def fake_flat(x, s, z, qmin, qmax, out):
+    """Per-tensor fake quantization of a 1-D slice into ``out`` (float32)."""
+    for i in range(x.size):
+        out[i] = fake_one(x[i], s, z, qmin, qmax)
+    return 0
+
+
+def fake_rows(x, s, z, qmin, qmax, out, first_row):
+    """Fake quantization of rows ``first_row, ...`` of ``(rows, inner)`` (see `rows`)."""
+    channels = s.size
+    c = first_row % channels
+    for r in range(x.shape[0]):
+        sc, zc = s[c], z[c]
+        for j in range(x.shape[1]):
+            out[r, j] = fake_one(x[r, j], sc, zc, qmin, qmax)
+        c = c + 1 if c + 1 < channels else 0
+    return 0
 
 
 def flat(x, s, z, qmin, qmax, out):

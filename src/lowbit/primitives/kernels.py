@@ -93,7 +93,30 @@ def quantize_into(
         The number of NaN inputs (their codes are left as ``qmin``), or None when
         the kernel does not handle these arguments and nothing was written.
     """
-    if not _usable(x) or out.dtype not in _CODE_DTYPES or not out.is_contiguous():
+    if out.dtype not in _CODE_DTYPES:
+        return None
+    return _elementwise("", x, scale, zero_point, qmin, qmax, out)
+
+
+def fake_quantize_into(
+    x: Tensor, scale: Tensor, zero_point: Tensor | None, qmin: float, qmax: float, out: Tensor
+) -> bool:
+    """``out = (clamp(rint(x / scale) + zero_point, qmin, qmax) - zero_point) * scale``.
+
+    `lowbit.primitives.fake_quantize`'s forward value for integer formats, in one
+    pass and the same float32 steps (so the same bits). Arguments as in
+    `quantize_into`, with ``out`` float32. Returns False, writing nothing, where the
+    kernel does not apply.
+    """
+    if out.dtype != torch.float32:
+        return False
+    return _elementwise("fake_", x, scale, zero_point, qmin, qmax, out) is not None
+
+
+def _elementwise(kind: str, x: Tensor, scale: Tensor, zero_point: Tensor | None, qmin: float, qmax: float,
+                 out: Tensor) -> int | None:
+    """Run the ``kind`` flat / rows kernels over ``x`` into ``out``: their sum, or None."""
+    if not _usable(x) or not out.is_contiguous() or out.shape != x.shape:
         return None
     layout = _channel_layout(x.shape, scale)
     if layout is None or _load() is None:
@@ -104,14 +127,14 @@ def quantize_into(
         s, z = np.float32(float(scale)), np.float32(0.0 if zero_point is None else float(zero_point))
         xs, os_ = xs.reshape(-1), os_.reshape(-1)
         slices = _slices(xs.size, PARALLEL_FROM)
-        return sum(_run(_jit["flat"], [(xs[a:b], s, z, lo, hi, os_[a:b]) for a, b in slices]))
+        return sum(_run(_jit[kind + "flat"], [(xs[a:b], s, z, lo, hi, os_[a:b]) for a, b in slices]))
     outer, channels, inner = layout
-    s = scale.reshape(channels).numpy()
-    z = np.zeros(channels, np.float32) if zero_point is None else zero_point.reshape(channels).numpy()
+    zp = torch.zeros(channels) if zero_point is None else zero_point.detach().reshape(channels)
+    s, z = scale.detach().reshape(channels).numpy(), zp.numpy()
     shape = (outer * channels, inner)  # row r has channel r % channels
     xs, os_ = xs.reshape(shape), os_.reshape(shape)
     slices = _slices(shape[0], PARALLEL_FROM, per_item=inner)
-    return sum(_run(_jit["rows"], [(xs[a:b], s, z, lo, hi, os_[a:b], a) for a, b in slices]))
+    return sum(_run(_jit[kind + "rows"], [(xs[a:b], s, z, lo, hi, os_[a:b], a) for a, b in slices]))
 
 
 class Binned(NamedTuple):
