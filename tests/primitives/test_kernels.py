@@ -455,3 +455,23 @@ def test_property_fake_quantize_equals_fallback(values, scale, name, zp_frac):
     x = torch.from_numpy(values)
     fused, fallback = both_paths(lambda: fake_quantize(x, scale, zp, fmt))
     assert_same_floats(fused, fallback)
+
+
+@needs_numba
+def test_histogram_runs_no_more_threads_than_torch_may_use(monkeypatch):
+    monkeypatch.setattr(kernels.loops, "LONGEST_SLICE", 100)
+    monkeypatch.setattr(kernels, "PARALLEL_HISTOGRAM_FROM", 16)
+    teams = []
+    team = kernels._team
+
+    def counted(name, task, threads):
+        teams.append(threads)
+        team(name, task, threads)
+
+    monkeypatch.setattr(kernels, "_team", counted)
+    x = torch.randn(10_000)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        grid = grid_for(float(x.min()), float(x.max()), 64)
+        bin_counts(x, grid, 64)
+    assert teams == [1, 2]  # 100 slices each time

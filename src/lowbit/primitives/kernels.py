@@ -23,15 +23,16 @@ Why the numba settings below:
     OpenMP (Linux wheels): a C callback handed to ``GOMP_parallel`` (see
     `_team` for why; in a forked child, where that runtime hangs, the pool
     below instead);
-  - quantize on the calling thread and a small pool of Python threads.
-    Handing a slice to a waiting thread costs tens of microseconds; the pool
-    is made again in a forked child, whose copy has no threads behind it;
+  - quantize and fake_quantize on the calling thread and a small pool of
+    Python threads. Handing a slice to a waiting thread costs tens of
+    microseconds; the pool is made again in a forked child, whose copy has no
+    threads behind it;
   - not numba's own threading layers: a launch of its fork-safe
     ``workqueue`` layer cost 0.3-2 ms on a 2-core VM (it wakes every worker
     twice), and its GNU OpenMP layer aborts forked processes (DataLoader
     workers) once it has run;
-- inputs below `PARALLEL_FROM` values run on the calling thread: a hand-off
-  costs more than the work.
+- inputs below `PARALLEL_FROM` (`PARALLEL_HISTOGRAM_FROM`) values run on the
+  calling thread: a hand-off costs more than the work.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def histogram(
     x_at, out_at = flat.ctypes.data, out.ctypes.data
     for i, (a, b) in enumerate(slices):
         records[i, 0], records[i, 1], records[i, 4] = x_at + 4 * a, b - a, out_at + out.strides[0] * i
-    _team("team_count", task, n)
+    _team("team_count", task, min(n, max(1, torch.get_num_threads())))  # threads claim slices
     total = out[0]
     for i in range(1, n):
         total += out[i]
@@ -195,8 +196,8 @@ class _HistogramTask:
 
     def __init__(self, slices: int, bins: int) -> None:
         wide = bins >= 2**16
-        # Each slice's scratch a whole number of cache lines apart (+ PAD bytes): a line
-        # shared by two threads' blocks of cells would bounce between their cores every block.
+        # Each slice's scratch on cache lines of its own: a line shared by two threads'
+        # blocks of cells would bounce between their cores every block.
         self.counts = _padded((slices, 4, bins + 1), np.int32)  # zero between calls (count)
         self.cells = _padded((slices, loops.BLOCK), np.int32 if wide else np.uint16)
         self.found = np.empty((slices, 3))  # per slice: NaN count, lo, hi
