@@ -85,9 +85,12 @@ def elementwise(n: int, repeats: int) -> list[dict]:
          torch_path(lambda: quantize(x.view(-1, 4096), group_scale, None, "int4", axis=1, block_size=128)),
          f32 + u8, "clone"),
     ]
+    # All cases in the same shuffled rounds, so that each ratio to a copy compares times
+    # taken side by side (a copy timed alone once ran 60 % slow on this shared machine).
+    times = interleaved_times({i: case[2] for i, case in enumerate(cases)}, repeats)
     rows = []
-    for op, impl, fn, nbytes, baseline in cases:
-        seconds = median_time(fn, repeats)
+    for i, (op, impl, _, nbytes, baseline) in enumerate(cases):
+        seconds = times[i]["median"]
         rows.append({"op": op, "impl": impl, "seconds": seconds, "GB/s": nbytes / seconds / 1e9,
                      "baseline": baseline})
     base = {"copy": rows[0]["seconds"], "clone": rows[1]["seconds"]}
@@ -165,7 +168,7 @@ def main() -> None:
     payload = {"machine": machine(), "elements": args.elements, "elementwise": rows,
                "histogram": hist, "range_choice": ranges}
     md = [f"# Primitives throughput ({args.elements:,} float32 elements, "
-          f"{payload['machine']['threads']} threads, medians of {args.repeats})\n"]
+          f"{payload['machine']['threads']} threads, medians of {args.repeats} shuffled rounds)\n"]
     md.append(markdown_table(["op", "impl", "seconds", "GB/s", "x copy"],
                              [[r["op"], r["impl"], r["seconds"], r["GB/s"], r["x copy"]] for r in rows]))
     md.append(f"\n## Histogram observer (medians and quartiles of {args.histogram_rounds} shuffled rounds)\n")
