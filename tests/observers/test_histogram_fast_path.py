@@ -96,3 +96,23 @@ def test_nan_and_inf_still_raise_and_leave_the_state(monkeypatch):
             assert torch.equal(obs.state_dict()[key], value), key
     with pytest.raises(InputError, match="float tensors"):
         obs([1.0, 2.0])
+
+
+def test_copies_and_pickles_leave_the_mirror_behind():
+    import copy
+    import io
+
+    obs = HistogramObserver()
+    obs(torch.randn(10_000))
+    assert obs.known_state() is not None
+    buffer = io.BytesIO()
+    torch.save(obs, buffer)
+    buffer.seek(0)
+    for twin in (copy.deepcopy(obs), torch.load(buffer, weights_only=False)):
+        assert "_known" not in twin.__dict__ and twin.known_state() is None
+        x = torch.randn(10_000) * 3
+        twin(x)
+        obs_copy = copy.deepcopy(obs)
+        Observer.update(obs_copy, x)
+        for key, value in obs_copy.state_dict().items():
+            assert torch.equal(twin.state_dict()[key], value), key

@@ -237,6 +237,14 @@ class HistogramObserver(Observer):
             scalars = (known.lo, known.hi, known.seen, known.input_shape, known.sync_state)
         return (self.counts.clone(), *scalars)
 
+    def __getstate__(self) -> dict:
+        # The mirror and the pending counts describe this object's buffers only: a copy or
+        # an unpickled observer starts without them (and takes the general path once).
+        state = dict(super().__getstate__())
+        state.pop("_known", None)
+        state.pop("_binned", None)
+        return state
+
     def _remember(self) -> None:
         known = None
         if self.has_data:
