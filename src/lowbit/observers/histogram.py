@@ -202,13 +202,12 @@ class HistogramObserver(Observer):
             Observer.update(self, x)
             self._remember()
             return
-        window = (known.grid[0], known.grid[1] - self.bins)
-        fused = kernels.histogram(x, *window, 3 * self.bins, self.absolute, known.lo, known.hi)
-        if fused is None or fused.nan or not (math.isfinite(fused.lo) and math.isfinite(fused.hi)):
+        found = self._bin_on_window(x, known.lo, known.hi, known.grid)
+        if found is None:
             Observer.update(self, x)  # no kernel for x, or NaN / Inf: raised there
             self._remember()
             return
-        binned = (window, None if fused.outside else fused.counts, known.grid, known.lo, known.hi)
+        fused, binned = found
         grid = self._fold(x, fused.lo, fused.hi, binned)
         self.seen.add_(1)
         sync_state = known.sync_state
@@ -266,15 +265,24 @@ class HistogramObserver(Observer):
         self._pending(None)
         if self.has_data:
             lo, hi = float(self.min_val), float(self.max_val)
-            e, k = old = self._grid_of(lo, hi)
-            window = (e, k - self.bins)
-            fused = kernels.histogram(x, *window, 3 * self.bins, self.absolute, lo, hi)
-            if fused is not None and not fused.nan and math.isfinite(fused.lo) and math.isfinite(fused.hi):
-                # Counts only if every value landed in the window. The range returned is
-                # that of batch and state together (the kernel started from the state's).
-                self._pending((window, None if fused.outside else fused.counts, old, lo, hi))
+            found = self._bin_on_window(x, lo, hi, self._grid_of(lo, hi))
+            if found is not None:
+                fused, binned = found
+                self._pending(binned)
                 return torch.tensor(fused.lo), torch.tensor(fused.hi)
         return super()._reduce(x)
+
+    def _bin_on_window(self, x: Tensor, lo: float, hi: float, grid: tuple[int, int]) -> tuple | None:
+        """The kernel's pass over ``x`` on the window around ``grid`` (state range ``[lo, hi]``):
+        ``(Binned, binned)`` with ``binned`` as `_fold` takes it, or None where the kernel
+        does not run or found NaN / Inf. The range found is that of batch and state together
+        (the kernel starts from the state's); counts only if every value landed in the window.
+        """
+        window = (grid[0], grid[1] - self.bins)
+        fused = kernels.histogram(x, *window, 3 * self.bins, self.absolute, lo, hi)
+        if fused is None or fused.nan or not (math.isfinite(fused.lo) and math.isfinite(fused.hi)):
+            return None
+        return fused, (window, None if fused.outside else fused.counts, grid, lo, hi)
 
     def _pending(self, binned: tuple | None) -> None:
         # A plain attribute, set past nn.Module.__setattr__ (which checks for parameters,
