@@ -127,7 +127,7 @@ class _FakeQuantize(torch.autograd.Function):
         # One fused pass when numba is installed and covers the layout (the same float32
         # steps, so the same bits); the torch chunks otherwise.
         fused = fmt.kind != "float" and rounding == "half_even" and kernels.fake_quantize_into(
-            x, s, z if fmt.kind != "float" else None, fmt.qmin, fmt.qmax, out)
+            x, s, z, fmt.qmin, fmt.qmax, out)
         if not fused:
             for xs, ss, zs, os in chunks(x, s, z, out):
                 _forward_chunk(xs, ss, zs, fmt, rounding, os)

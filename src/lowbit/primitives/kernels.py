@@ -196,10 +196,8 @@ class _HistogramTask:
 
     def __init__(self, slices: int, bins: int) -> None:
         wide = bins >= 2**16
-        # Each slice's scratch on cache lines of its own: a line shared by two threads'
-        # blocks of cells would bounce between their cores every block.
-        self.counts = _padded((slices, 4, bins + 1), np.int32)  # zero between calls (count)
-        self.cells = _padded((slices, loops.BLOCK), np.int32 if wide else np.uint16)
+        self.counts = np.zeros((slices, 4, bins + 1), np.int32)  # zero between calls (count)
+        self.cells = np.empty((slices, loops.BLOCK), np.int32 if wide else np.uint16)
         self.found = np.empty((slices, 3))  # per slice: NaN count, lo, hi
         self.reals = np.empty(4, np.float32)  # inv, kf, lo, hi
         self.task = np.zeros(loops.HEADER + loops.RECORD * slices, np.int64)
@@ -208,20 +206,6 @@ class _HistogramTask:
         self.records = self.task[loops.HEADER :].reshape(slices, loops.RECORD)
         self.records[:, 2] = self.counts.ctypes.data + self.counts.strides[0] * np.arange(slices)
         self.records[:, 3] = self.cells.ctypes.data + self.cells.strides[0] * np.arange(slices)
-
-
-def _padded(shape: tuple[int, ...], dtype: type) -> np.ndarray:
-    """Zeros of ``shape`` whose rows (first axis) start on their own cache lines."""
-    itemsize = np.dtype(dtype).itemsize
-    row = math.prod(shape[1:]) * itemsize
-    stride = -(-row // _LINE) * _LINE + _LINE  # at least one spare line between rows
-    raw = np.zeros(shape[0] * stride + _LINE, np.uint8)
-    start = -raw.ctypes.data % _LINE
-    rows = raw[start : start + shape[0] * stride].reshape(shape[0], stride)[:, :row]
-    return rows.view(dtype).reshape(shape)
-
-
-_LINE = 64  # bytes per cache line (x86, most ARM)
 
 
 def _histogram_task(slices: int, bins: int) -> _HistogramTask:
@@ -305,16 +289,10 @@ def _team(name: str, task: np.ndarray, threads: int) -> None:
     right after a model's forward pass. Handed to OpenMP, the spinning threads do the work.
     """
     address, callback = task.ctypes.data, _callbacks[name]
-    if threads == 1:
-        callback(address)
-    elif _gomp_parallel is not None and _gomp_pid == os.getpid():
+    if threads > 1 and _gomp_parallel is not None and _gomp_pid == os.getpid():
         _gomp_parallel(ctypes.cast(callback, ctypes.c_void_p), address, threads, 0)
     else:
-        pool = _threads(threads - 1)
-        pending = [pool.submit(callback, address) for _ in range(threads - 1)]
-        callback(address)  # ctypes releases the GIL for the call
-        for job in pending:
-            job.result()
+        _run(callback, [(address,)] * threads)  # ctypes releases the GIL for each call
 
 
 def _openmp_entry() -> object | None:
