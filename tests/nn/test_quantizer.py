@@ -74,3 +74,11 @@ def test_histogram_spec_uses_its_range_method():
     q.freeze()
     _, high = q.chosen_range()
     assert high < 10  # the outlier is clipped
+
+
+def test_ema_spec_builds_an_ema_observer_with_its_momentum():
+    q = Quantizer(QuantSpec("uint8", symmetric=False, observer="ema", momentum=0.5))
+    assert type(q.observer).__name__ == "EMAMinMaxObserver" and q.observer.momentum == 0.5
+    q(torch.tensor([-1.0, 2.0]))
+    q(torch.tensor([-3.0, 4.0]))
+    assert (float(q.observer.min_val), float(q.observer.max_val)) == (-2.0, 3.0)  # halfway

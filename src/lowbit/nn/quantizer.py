@@ -41,7 +41,7 @@ def build_observer(spec: QuantSpec) -> Observer:
         return HistogramObserver(method=spec.method, percentile=spec.percentile)
     granularity = spec.granularity_value()
     if spec.observer == "ema":
-        return cls(granularity, momentum=spec.momentum)
+        return cls(momentum=spec.momentum, granularity=granularity)
     return cls(granularity)
 
 
