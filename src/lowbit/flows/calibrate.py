@@ -3,7 +3,10 @@
 Data loading stays the user's: pass a ``forward_loop(model)`` callable, or an
 iterable of batches (a tensor, a tuple of positional inputs, or a dict of
 keyword inputs). Memory is bounded by the observers (min/max or one
-histogram per tensor); activations are never stored.
+histogram per tensor); activations are never stored. The observers of an
+iterable's batch (after the first) run once its forward pass is done
+(`lowbit.flows.deferred`): its activations outlive their layer until then, 256 MB
+of them at most.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import InputError, LowbitError
+from lowbit.flows.deferred import Deferral
 from lowbit.flows.prepare import LowbitWarning, quantizer_modules
 
 DEFAULT_BATCHES = 100  # seed 001: about 100 mini-batches estimate activation ranges well
@@ -48,14 +52,19 @@ def _progress(iterable: Iterable, total: int | None, desc: str, show: bool):
 
 
 def feed(model: nn.Module, data: CalibrationData, *, max_batches: int | None = DEFAULT_BATCHES,
-         progress: bool = True, desc: str = "calibrating") -> int:
+         progress: bool = True, desc: str = "calibrating", deferral: Deferral | None = None) -> int:
     """Run ``data`` through ``model`` without gradients; return how many batches ran.
+
+    ``deferral``: run each batch of an iterable through it (`lowbit.flows.deferred`); a
+    ``forward_loop`` callable is run as it is, with every observation at once.
 
     Raises:
         CalibrationError: the data produced no batch, or a batch failed in the model.
     """
     with torch.no_grad():
         if callable(data) and not isinstance(data, (torch.Tensor, list, tuple, dict)):
+            if deferral is not None:
+                deferral.stop()
             data(model)
             return -1
         try:
@@ -68,7 +77,10 @@ def feed(model: nn.Module, data: CalibrationData, *, max_batches: int | None = D
         count = 0
         for batch in _progress(data, total, desc, progress):
             try:
-                run_batch(model, batch)
+                if deferral is None:
+                    run_batch(model, batch)
+                else:
+                    deferral.run(run_batch, model, batch)
             except LowbitError:
                 raise
             except Exception as err:
@@ -130,7 +142,8 @@ def calibrate(model: nn.Module, data: CalibrationData | None, *,
     model.eval()
     try:
         if static:
-            feed(model, data, max_batches=max_batches, progress=progress)
+            with Deferral([q for _, _, q in static]) as deferral:
+                feed(model, data, max_batches=max_batches, progress=progress, deferral=deferral)
     except InputError as err:
         raise InputError(f"during calibration: {err}") from err
     finally:

@@ -109,15 +109,21 @@ class Quantizer(nn.Module):
         if self.spec.dynamic:
             return self._dynamic(x) if mode == "quantize" else x
         if mode == "observe":
-            try:
-                self.observer.update(x)
-            except InputError as err:
-                raise InputError(f"{self.name or 'quantizer'}: {err}") from err
+            deferral = self.__dict__.get("_deferral")  # set by calibrate (lowbit.flows.deferred)
+            if deferral is None or not deferral.take(self, x):
+                self.observe(x)
             return x
         return fake_quantize(
             x, self.scale, self.zero_point, self.fmt,
             axis=self.axis, block_size=self.block_size, rounding=self.spec.rounding,
         )
+
+    def observe(self, x: Tensor) -> None:
+        """Fold ``x`` into the observer (what ``"observe"`` mode does to each input)."""
+        try:
+            self.observer.update(x)
+        except InputError as err:
+            raise InputError(f"{self.name or 'quantizer'}: {err}") from err
 
     def _dynamic(self, x: Tensor) -> Tensor:
         with torch.no_grad():
