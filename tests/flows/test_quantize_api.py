@@ -179,3 +179,22 @@ def test_quantized_model_survives_torch_save_and_load(tmp_path):
     loaded = torch.load(tmp_path / "q.pt", weights_only=False)
     with torch.no_grad():
         assert torch.equal(loaded(data[0]), qmodel(data[0]))
+
+
+@pytest.mark.parametrize("name", ["x86", "histogram"])
+def test_quantize_under_inference_mode_matches_quantize_outside(name):
+    # Buffers made under a caller's inference_mode could not be written afterwards, and
+    # inference tensors have no version counter: lowbit's steps run with it off.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 64)).eval()
+    data = [torch.randn(1024, 64) for _ in range(3)]
+    recipe = preset("onnxruntime").with_(input=lowbit.QuantSpec(
+        "int8", symmetric=False, observer="histogram")) if name == "histogram" else name
+    outside = lowbit.quantize(model, recipe, calibrate=data, progress=False)
+    with torch.inference_mode():
+        inside = lowbit.quantize(model, recipe, calibrate=[x.clone() for x in data], progress=False)
+        out_inside = inside(data[0])
+    state_in, state_out = inside.state_dict(), outside.state_dict()
+    assert state_in.keys() == state_out.keys()
+    assert all(torch.equal(state_in[k], state_out[k]) for k in state_in)
+    assert torch.equal(out_inside, outside(data[0]))

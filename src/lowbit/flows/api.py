@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from lowbit.flows.bias_correction import correct_bias
@@ -16,6 +17,10 @@ from lowbit.flows.smooth import smooth
 from lowbit.recipes import Recipe, preset
 
 
+# Under a caller's torch.inference_mode, the buffers lowbit makes (scales, observer state)
+# would be inference tensors, which cannot be written in place afterwards: lowbit's steps
+# run with it off (the model's forward passes here too).
+@torch.inference_mode(False)
 def quantize(
     model: nn.Module,
     recipe: Recipe | str = "x86",

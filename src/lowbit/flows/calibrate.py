@@ -51,6 +51,7 @@ def _progress(iterable: Iterable, total: int | None, desc: str, show: bool):
     return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
 
 
+@torch.inference_mode(False)  # see lowbit.flows.api.quantize
 def feed(model: nn.Module, data: CalibrationData, *, max_batches: int | None = DEFAULT_BATCHES,
          progress: bool = True, desc: str = "calibrating", deferral: Deferral | None = None) -> int:
     """Run ``data`` through ``model`` without gradients; return how many batches ran.
@@ -107,6 +108,7 @@ def set_mode(model: nn.Module, mode: str, roles: tuple[str, ...] = ("input", "ou
             quantizer.mode = mode
 
 
+@torch.inference_mode(False)  # see lowbit.flows.api.quantize
 def calibrate(model: nn.Module, data: CalibrationData | None, *,
               max_batches: int | None = DEFAULT_BATCHES, progress: bool = True) -> nn.Module:
     """Observe activation ranges on ``data`` and freeze them (in place).

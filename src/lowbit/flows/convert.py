@@ -7,6 +7,7 @@ change: a fake-quantized weight and its dequantized codes are bit-identical.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from lowbit.flows.prepare import quantizer_modules
@@ -14,6 +15,7 @@ from lowbit.flows.qat import finish_qat
 from lowbit.nn.modules import QuantMixin
 
 
+@torch.inference_mode(False)  # see lowbit.flows.api.quantize
 def convert(model: nn.Module) -> nn.Module:
     """Quantize weights to codes and drop observers (in place).
 

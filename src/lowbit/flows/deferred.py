@@ -31,6 +31,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lowbit.observers.stamp import version as version_of
+
 # Activations held back for one batch, at most: how much longer-lived activations can
 # add to the model's own memory during calibration.
 BUDGET_BYTES = 256 << 20
@@ -89,7 +91,7 @@ class Deferral:
             x = x.clone()
         else:
             self._last = x
-        self._seen.append((quantizer, x, x._version))
+        self._seen.append((quantizer, x, version_of(x)))
         return self.state == "defer"
 
     def run(self, run_batch, model: nn.Module, batch: Any) -> None:
@@ -99,7 +101,7 @@ class Deferral:
             try:
                 run_batch(model, batch)
                 seen = self._take_seen()
-                written = {id(q) for q, x, version in seen if x._version != version}
+                written = {id(q) for q, x, version in seen if version_of(x) != version}
                 if self.state == "learn":
                     self.copied |= written
                     self.state = "defer"
@@ -137,7 +139,7 @@ class Deferral:
         seen = self._take_seen()
         if learning:  # these were observed at once
             return
-        written = [q for q, x, version in seen if x._version != version]
+        written = [q for q, x, version in seen if version_of(x) != version]
         if written:
             self.copied |= {id(q) for q in written}
             raise _Rerun(written)
@@ -159,4 +161,4 @@ def _versions(batch: Any) -> tuple[tuple[int, int], ...]:
         items = list(batch)
     else:
         items = []
-    return tuple((id(t), t._version) for t in items if isinstance(t, Tensor))
+    return tuple((id(t), version_of(t)) for t in items if isinstance(t, Tensor))

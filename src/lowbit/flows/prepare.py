@@ -159,6 +159,7 @@ def _has_own_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False))
 
 
+@torch.inference_mode(False)  # see lowbit.flows.api.quantize
 def prepare(model: nn.Module, recipe: Recipe, *, graph: str = "auto") -> nn.Module:
     """Insert quantizers into ``model`` (in place where possible) as ``recipe`` says.
 

@@ -27,7 +27,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from lowbit.observers.stamp import stamp, unchanged
+from lowbit.observers.stamp import stamp, unchanged, version
 
 # Below this many elements an update costs less than the bookkeeping.
 MIN_ELEMENTS = 1 << 15
@@ -42,7 +42,7 @@ class _Entry:
 
     def __init__(self, source: Tensor, config: tuple, before: tuple) -> None:
         self.source = weakref.ref(source)
-        self.version = source._version
+        self.version = version(source)
         self.config = config
         self.before = before
         self.leader: weakref.ref | None = None
@@ -69,7 +69,7 @@ def update(observer: torch.nn.Module, x: Tensor, compute) -> None:
 
 
 def _copy_from(entry: _Entry, observer: torch.nn.Module, x: Tensor, config: tuple, before: tuple) -> bool:
-    if not (entry.source() is x and entry.version == x._version and entry.config == config):
+    if not (entry.source() is x and entry.version == version(x) and entry.config == config):
         return False
     leader = entry.leader()
     if leader is None or leader is observer or not unchanged(leader, STATE, entry.left):

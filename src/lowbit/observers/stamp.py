@@ -8,7 +8,13 @@ the stamped one.
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
+
+
+def version(tensor: Tensor) -> int:
+    """``tensor``'s version counter. Inference tensors (made under ``torch.inference_mode``)
+    have none, and cannot be written outside inference mode, where lowbit runs: 0."""
+    return 0 if tensor.is_inference() else tensor._version
 
 
 def stamp(module: nn.Module, names: tuple[str, ...]) -> tuple:
