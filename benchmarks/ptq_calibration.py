@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import sys
 import time
 
@@ -130,20 +131,37 @@ def _artifacts(cfg: Config) -> dict:
     return cfg.cache["minilm"]
 
 
-def measured(cfg: Config, key: str, args: dict) -> dict:
-    """One calibration in a fresh process (cached per run: `ptq_minilm` reuses ORT's)."""
+# Runs per calibrator, each in a fresh process. The tools take turns (one run each per
+# turn), so runs next to each other in time can be compared: the table quotes medians, and
+# the ratios are the medians of each turn's ratio.
+TURNS = 3
+# Seconds to wait before each run: the page cache and free memory settle after ORT's
+# gigabytes are released, so a run does not pay for the one before it.
+SETTLE_SECONDS = 5
+MEASURES = ("seconds", "cpu_seconds", "peak_rss", "baseline_rss", "fp32_forward_seconds")
+
+
+def measured(cfg: Config, key: str, args: dict, runs: int = 1) -> dict:
+    """The median of at least ``runs`` calibrations, each in a fresh process (cached per run:
+    `ptq_minilm` reuses ORT's calibrated model)."""
     cache_key = f"calibration:{key}"
-    if cache_key not in cfg.cache:
-        art = _artifacts(cfg)
-        out = cfg.workdir / f"calibrated.{key}.onnx"
-        log(f"  measuring {key} calibration in a fresh process")
-        result = run_measured("ptq_calibration.py",
-                              dict(args, batches=str(art["npz"]), out=str(out), threads=cfg.threads))
+    result = cfg.cache.setdefault(cache_key, {"runs": []})
+    art = _artifacts(cfg)
+    out = cfg.workdir / f"calibrated.{key}.onnx"
+    while len(result["runs"]) < runs:
+        time.sleep(SETTLE_SECONDS)
+        log(f"  measuring {key} calibration in a fresh process (run {len(result['runs']) + 1})")
+        run = run_measured("ptq_calibration.py",
+                           dict(args, batches=str(art["npz"]), out=str(out), threads=cfg.threads))
+        log(f"    {run['seconds']:.1f} s, peak RSS {mb(run['peak_rss']):.0f} MB "
+            f"(+{mb(run['peak_rss'] - run['baseline_rss']):.0f} MB over the loaded model)")
+        result["runs"].append(run)
+        for name in MEASURES:
+            values = [r[name] for r in result["runs"] if name in r]
+            if values:
+                result[name] = statistics.median(values)
         result["out"] = str(out)
-        log(f"    {result['seconds']:.1f} s, peak RSS {mb(result['peak_rss']):.0f} MB "
-            f"(+{mb(result['peak_rss'] - result['baseline_rss']):.0f} MB over the loaded model)")
-        cfg.cache[cache_key] = result
-    return cfg.cache[cache_key]
+    return result
 
 
 # ORT `quantize_static` scopes: which ops it quantizes (and therefore calibrates).
@@ -162,7 +180,7 @@ SCOPE_KEYS = {"default op set": "default", "default op set, softmax inputs float
               "MatMul ops": "matmul", "Linear only": "linear"}
 
 
-def ort_measured(cfg: Config, method: str, scope: str = "default op set") -> dict:
+def ort_measured(cfg: Config, method: str, scope: str = "default op set", runs: int = 1) -> dict:
     """ONNX Runtime `quantize_static(method)` on the shared MiniLM batches, in a fresh process.
 
     The histogram calibrators keep every calibrated tensor of every batch in memory
@@ -176,7 +194,7 @@ def ort_measured(cfg: Config, method: str, scope: str = "default op set") -> dic
         elif value == "softmax_inputs":
             value = softmax_inputs(art["onnx"])
         args[key] = value
-    return measured(cfg, f"ort-{method.lower()}-{SCOPE_KEYS[scope]}", args)
+    return measured(cfg, f"ort-{method.lower()}-{SCOPE_KEYS[scope]}", args, runs)
 
 
 def run(cfg: Config) -> Section:
@@ -190,22 +208,36 @@ def run(cfg: Config) -> Section:
     # here, so the measured run pays what every later calibration pays (import + cache load).
     toy = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
     lowbit.quantize(toy, lowbit_recipe(), calibrate=[torch.randn(1024, 256)] * 2, progress=False)
-    results = {
-        "lowbit (histogram, entropy)": measured(cfg, "lowbit-entropy", {"tool": "lowbit"}),
-        "ONNX Runtime (Entropy, default op set)": ort_measured(cfg, "Entropy"),
-        "ONNX Runtime (Entropy, MatMul ops)": ort_measured(cfg, "Entropy", "MatMul ops"),
-    }
+    turns = 1 if cfg.quick else TURNS
+    for turn in range(1, turns + 1):
+        results = {
+            "lowbit (histogram, entropy)": measured(cfg, "lowbit-entropy", {"tool": "lowbit"}, turn),
+            "ONNX Runtime (Entropy, default op set)": ort_measured(cfg, "Entropy", runs=turn),
+            "ONNX Runtime (Entropy, MatMul ops)": ort_measured(cfg, "Entropy", "MatMul ops", turn),
+        }
     ours = results["lowbit (histogram, entropy)"]
     ours_extra = max(ours["peak_rss"] - ours["baseline_rss"], 1)
-    rows = []
+
+    def paired(r: dict, measure) -> float:
+        """The median over turns of this run's measure over lowbit's run in the same turn."""
+        pairs = zip(r["runs"], ours["runs"], strict=True)
+        return statistics.median(measure(a) / measure(b) for a, b in pairs)
+
+    rows, spread = [], []
     for name, r in results.items():
+        walls = ", ".join(f"{run['seconds']:.1f}" for run in r["runs"])
+        spread.append(f"{name}: {walls} s")
         extra = r["peak_rss"] - r["baseline_rss"]
         rows.append([name, round(r["seconds"], 1), round(r["cpu_seconds"], 1),
                      round(mb(r["peak_rss"])), round(mb(extra)),
-                     f"{r['seconds'] / ours['seconds']:.1f}x",
-                     f"{r['cpu_seconds'] / ours['cpu_seconds']:.1f}x",
+                     f"{paired(r, lambda run: run['seconds']):.1f}x",
+                     f"{paired(r, lambda run: run['cpu_seconds']):.1f}x",
                      f"{r['peak_rss'] / ours['peak_rss']:.1f}x", f"{extra / ours_extra:.1f}x"])
     notes = [
+        f"{turns} turns, each one run per calibrator in a fresh process (after a "
+        f"{SETTLE_SECONDS} s pause): the table quotes medians over the turns; 'wall vs lowbit' "
+        "and 'CPU vs lowbit' are the medians of each turn's ratio (runs minutes apart on this "
+        "shared machine, whose speed drifts). Wall times per turn: " + "; ".join(spread),
         f"{n} batches x {batches[0]['input_ids'].shape[0]} sentences, all padded to {length} "
         "tokens (ORT's histogram calibrators need equal shapes), the same arrays for every run; "
         "each run in a fresh process; wall time of the quantize call (calibration + range choice "
@@ -215,8 +247,9 @@ def run(cfg: Config) -> Section:
         "RSS just before the call (model and libraries loaded)",
         "lowbit: `lowbit.quantize(minilm, preset('onnxruntime').with_(input=QuantSpec('int8', "
         "symmetric=False, observer='histogram', method='entropy')))`: one fixed-size histogram "
-        "per activation, never the activations themselves; calibrates the inputs of the 36 "
-        "Linear layers (+ the pooler's)",
+        "per activation, never the activations themselves (a batch's activations are observed "
+        "when its forward pass ends, kept alive until then, not copied); calibrates the inputs "
+        "of the 36 Linear layers (+ the pooler's)",
         f"ONNX Runtime: `quantize_static(QDQ, per_channel, S8S8, Entropy)` on the FP32 ONNX "
         f"({art['pre_note']}); 'default op set' calibrates the inputs and outputs of every op "
         "of its default op types (what an ORT user gets), 'MatMul ops' only those of the 48 "
