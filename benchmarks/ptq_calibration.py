@@ -151,8 +151,12 @@ def measured(cfg: Config, key: str, args: dict, runs: int = 1) -> dict:
     while len(result["runs"]) < runs:
         time.sleep(SETTLE_SECONDS)
         log(f"  measuring {key} calibration in a fresh process (run {len(result['runs']) + 1})")
+        # each tool with its threads' defaults, as a user runs it: not ptq.py's
+        # OMP_WAIT_POLICY=PASSIVE, which ORT's own thread pool ignores and which slows
+        # torch's OpenMP threads (measured: lowbit about 1.2x slower with it)
         run = run_measured("ptq_calibration.py",
-                           dict(args, batches=str(art["npz"]), out=str(out), threads=cfg.threads))
+                           dict(args, batches=str(art["npz"]), out=str(out), threads=cfg.threads),
+                           unset=("OMP_WAIT_POLICY",))
         log(f"    {run['seconds']:.1f} s, peak RSS {mb(run['peak_rss']):.0f} MB "
             f"(+{mb(run['peak_rss'] - run['baseline_rss']):.0f} MB over the loaded model)")
         result["runs"].append(run)
@@ -235,7 +239,8 @@ def run(cfg: Config) -> Section:
                      f"{r['peak_rss'] / ours['peak_rss']:.1f}x", f"{extra / ours_extra:.1f}x"])
     notes = [
         f"{turns} turns, each one run per calibrator in a fresh process (after a "
-        f"{SETTLE_SECONDS} s pause): the table quotes medians over the turns; 'wall vs lowbit' "
+        f"{SETTLE_SECONDS} s pause), with the libraries' default thread settings (ptq.py's "
+        "OMP_WAIT_POLICY=PASSIVE unset): the table quotes medians over the turns; 'wall vs lowbit' "
         "and 'CPU vs lowbit' are the medians of each turn's ratio (runs minutes apart on this "
         "shared machine, whose speed drifts). Wall times per turn: " + "; ".join(spread),
         f"{n} batches x {batches[0]['input_ids'].shape[0]} sentences, all padded to {length} "

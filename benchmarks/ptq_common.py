@@ -125,13 +125,17 @@ def vm_rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def run_measured(script: str, args: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+def run_measured(script: str, args: dict[str, Any], timeout: float = 1800,
+                 unset: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run ``python benchmarks/<script> --child <json>`` in a fresh process; return its JSON.
 
     A fresh process gives an honest peak RSS (VmHWM is a high-water mark, so it
     can only be measured once per process). The child prints one JSON line last.
+    ``unset``: environment variables the child runs without.
     """
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    for name in unset:
+        env.pop(name, None)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--child", json.dumps(args)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
