@@ -264,7 +264,7 @@ def run(cfg: Config) -> Section:
         f"lowbit's wall time includes running the model on the calibration data: one plain "
         f"FP32 pass over the same {n} batches took {ours.get('fp32_forward_seconds', float('nan')):.1f} s "
         "in the same process; and numba's import and the load of lowbit's compiled kernels from "
-        "their on-disk cache (about 0.5 s), not their one-time compilation (done before, as an "
+        "their on-disk cache, not their one-time compilation (done before, as an "
         "installation's first use does once)",
         "Reference: a peer measured ORT entropy at 145 s and 9.1 GB peak RSS on this machine; "
         f"{n} batches of {batches[0]['input_ids'].shape[0]} sentences reproduce that scale "
