@@ -2,9 +2,9 @@
 
 Why: an observer update run between two layers starts cold (interpreter, caches and
 branch predictors full of the layer's work), and the next layer starts cold after it.
-The same updates run back to back once the batch's forward pass is done cost about
-half as much, and the forward pass itself runs faster (MiniLM, 32 batches: see
-``benchmarks/ptq.py --only calibration``).
+The same updates run back to back once the batch's forward pass is done cost less,
+and the forward pass runs faster (calibration cost on MiniLM: ``benchmarks/ptq.py
+--only calibration``).
 
 It changes when observers see a batch, never what they see: each observer gets the
 same tensors in the same order as it would at once, so its state is bit for bit the
