@@ -31,5 +31,9 @@ class ObserverError(LowbitError, RuntimeError):
     """An observer was used before it saw data, or with incompatible state."""
 
 
+class CalibrationError(LowbitError, RuntimeError):
+    """Calibration could not produce ranges (no data, or data the model cannot take)."""
+
+
 class DistributedError(LowbitError, RuntimeError):
     """Observer state could not be synchronised across processes."""

@@ -19,17 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.errors import InputError, LowbitError
+from lowbit.errors import CalibrationError, InputError, LowbitError
 from lowbit.flows.deferred import Deferral
 from lowbit.flows.prepare import LowbitWarning, quantizer_modules
 
 DEFAULT_BATCHES = 100  # seed 001: about 100 mini-batches estimate activation ranges well
 
 CalibrationData = Callable[[nn.Module], Any] | Iterable[Any]
-
-
-class CalibrationError(LowbitError, RuntimeError):
-    """Calibration could not produce ranges (no data, or data the model cannot take)."""
 
 
 def run_batch(model: nn.Module, batch: Any) -> Any:

@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lowbit.errors import CalibrationError
 from lowbit.observers.stamp import version as version_of
 
 # Activations held back for one batch, at most: how much longer-lived activations can
@@ -122,8 +123,6 @@ class Deferral:
             # Nothing of this batch was observed yet (all of it was held back): run it again.
             self._take_seen()
             if _versions(batch) != inputs:
-                from lowbit.flows.calibrate import CalibrationError
-
                 names = ", ".join(sorted({q.name for q in offenders}))
                 raise CalibrationError(
                     f"the model wrote in place to activations after lowbit observed them ({names}) "
